@@ -1,0 +1,76 @@
+/* CKernels: the innermost numeric loops of Tern (quantized matrix products, block (de)quantization, float
+   helpers), with a runtime choice between AVX-512 VNNI, AVX2 and portable scalar code. The Swift side does the
+   threading by handing each thread a row range; nothing here allocates or keeps mutable state besides the
+   dispatch choice. Block layouts are GGML's (see DESIGN.md §2). */
+#ifndef TERN_CKERNELS_H
+#define TERN_CKERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* GGML type ids. */
+enum {
+    TERN_F32 = 0, TERN_F16 = 1, TERN_Q4_0 = 2, TERN_Q4_1 = 3, TERN_Q5_0 = 6, TERN_Q5_1 = 7, TERN_Q8_0 = 8,
+    TERN_Q4_K = 12, TERN_Q5_K = 13, TERN_Q6_K = 14, TERN_BF16 = 30
+};
+
+/* Activations quantized on the fly: one block per 32 floats. s = d * sum(q) (needed by types with an
+   offset/min). q is in [-127, 127]. */
+typedef struct {
+    float d;
+    float s;
+    int8_t q[32];
+} tern_q8_block;
+
+int     tern_type_supported(int type);      /* 1 if all functions below handle it */
+int64_t tern_type_block_elements(int type); /* 1 for F32/F16/BF16, 32 for Q4_0..Q8_0, 256 for K-quants; 0 if unknown */
+int64_t tern_type_block_bytes(int type);    /* 4, 2, 18, 20, 22, 24, 34, 144, 176, 210, 2; 0 if unknown */
+int     tern_type_is_float(int type);       /* F32, F16, BF16 */
+
+/* n % 32 == 0. Bit-identical results on every path (round half to even). */
+void tern_quantize_activations(const float *x, tern_q8_block *y, int64_t n);
+
+/* out[i*ldo + r] = dot(weight row r, activation row i) for r in [r0, r1), i in [0, m).
+   w: row-major weight matrix, each row `row_bytes` long holding n elements of `type`.
+   Quantized types take quantized activations (m rows of n/32 blocks each, contiguous). */
+void tern_matmul_q(int type, const void *w, size_t row_bytes, int64_t n,
+                   const tern_q8_block *a, int64_t m, float *out, int64_t ldo, int64_t r0, int64_t r1);
+/* Float weight types (F32, F16, BF16) take float activations x (m rows of n floats, contiguous). */
+void tern_matmul_f(int type, const void *w, size_t row_bytes, int64_t n,
+                   const float *x, int64_t m, float *out, int64_t ldo, int64_t r0, int64_t r1);
+
+/* All supported types; n a multiple of the type's block size. */
+void tern_dequantize_row(int type, const void *src, float *dst, int64_t n);
+/* F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K. Returns 0 on success, -1 for a type it
+   cannot write (or n not a multiple of the block size). The 32-blocks follow ggml's reference rounding; the
+   K-quants use a small grid search over the sub-block scale (see quantize.c). */
+int  tern_quantize_row(int type, const float *src, void *dst, int64_t n);
+
+/* Small float helpers for attention / norms (SIMD). */
+float tern_dot_f32(const float *a, const float *b, int64_t n);
+void  tern_axpy_f32(float alpha, const float *x, float *y, int64_t n);            /* y += alpha * x */
+float tern_dot_f16(const uint16_t *a, const float *b, int64_t n);                 /* a is IEEE half */
+void  tern_axpy_f16(float alpha, const uint16_t *x, float *y, int64_t n);
+void  tern_f32_to_f16(const float *x, uint16_t *y, int64_t n);                    /* round to nearest even */
+void  tern_f16_to_f32(const uint16_t *x, float *y, int64_t n);
+
+/* Runtime dispatch: chosen once (lazily, thread-safe) from the CPU: 2 = AVX-512 VNNI (avx512f/bw/vl/vnni),
+   1 = AVX2+FMA+F16C, 0 = portable scalar. tern_force_path lets tests compare paths (returns the path in force;
+   asking for a path the CPU lacks falls back to the best available one below it). A negative argument
+   restores the automatic choice. */
+enum { TERN_PATH_SCALAR = 0, TERN_PATH_AVX2 = 1, TERN_PATH_AVX512 = 2 };
+int         tern_active_path(void);
+int         tern_force_path(int path);
+const char *tern_path_name(int path);
+/* Best path this CPU can run (ignores tern_force_path). */
+int         tern_best_path(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

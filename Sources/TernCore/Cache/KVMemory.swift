@@ -1,0 +1,80 @@
+// Per-sequence key/value memory for attention, and its contiguous implementation.
+// Models write K/V rows of new positions and read them back segment by segment: the contiguous memory is one
+// segment per layer; a paged cache presents one segment per block, so the attention code serves both.
+
+public protocol KVMemory: AnyObject {
+    var layerCount: Int { get }
+    /// Floats per position per layer (KV heads × head dimension).
+    var rowWidth: Int { get }
+    /// Positions already stored.
+    var count: Int { get }
+    /// Positions this memory can hold at most.
+    var capacity: Int { get }
+    /// Makes room for `n` more positions after `count`; throws when the memory is full.
+    func reserve(_ n: Int) throws
+    func keyRow(layer: Int, position: Int) -> UnsafeMutablePointer<Float>
+    func valueRow(layer: Int, position: Int) -> UnsafeMutablePointer<Float>
+    /// Calls `body(firstPosition, positionCount, keys, values)` for consecutive runs covering positions
+    /// 0..<positions; within a run, position p's row starts at (p - firstPosition) * rowWidth.
+    func forEachSegment(layer: Int, positions: Int,
+                        _ body: (Int, Int, UnsafePointer<Float>, UnsafePointer<Float>) -> Void)
+    /// Marks `n` reserved positions as written.
+    func commit(_ n: Int)
+    /// Forgets every position from `count` on (speculation rollback, perplexity windows).
+    func truncate(to count: Int)
+}
+
+public struct KVMemoryFullError: Error, CustomStringConvertible {
+    public let capacity: Int
+    public var description: String { "context is full (\(capacity) positions)" }
+}
+
+/// One f32 slab per layer for keys and one for values. Not thread-safe: owned by the engine thread; the forward
+/// pass reads it from worker threads only while the engine thread waits for them.
+public final class ContiguousKVMemory: KVMemory {
+    public let layerCount: Int
+    public let rowWidth: Int
+    public let capacity: Int
+    public private(set) var count = 0
+    private let keys: UnsafeMutablePointer<Float>
+    private let values: UnsafeMutablePointer<Float>
+    private let layerStride: Int
+
+    public init(layers: Int, rowWidth: Int, capacity: Int) {
+        self.layerCount = layers
+        self.rowWidth = rowWidth
+        self.capacity = capacity
+        layerStride = capacity * rowWidth
+        // Large allocations come from mmap, so untouched pages of a long context cost no resident memory.
+        keys = .allocate(capacity: max(1, layers * layerStride))
+        values = .allocate(capacity: max(1, layers * layerStride))
+    }
+
+    deinit {
+        keys.deallocate()
+        values.deallocate()
+    }
+
+    public func reserve(_ n: Int) throws {
+        guard n >= 0, count + n <= capacity else { throw KVMemoryFullError(capacity: capacity) }
+    }
+
+    @inline(__always)
+    public func keyRow(layer: Int, position: Int) -> UnsafeMutablePointer<Float> {
+        keys + layer * layerStride + position * rowWidth
+    }
+
+    @inline(__always)
+    public func valueRow(layer: Int, position: Int) -> UnsafeMutablePointer<Float> {
+        values + layer * layerStride + position * rowWidth
+    }
+
+    public func forEachSegment(layer: Int, positions: Int,
+                               _ body: (Int, Int, UnsafePointer<Float>, UnsafePointer<Float>) -> Void) {
+        body(0, positions, keys + layer * layerStride, values + layer * layerStride)
+    }
+
+    public func commit(_ n: Int) { count = min(capacity, count + n) }
+
+    public func truncate(to newCount: Int) { count = max(0, min(count, newCount)) }
+}

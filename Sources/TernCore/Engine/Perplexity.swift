@@ -1,0 +1,80 @@
+// Perplexity as llama.cpp's llama-perplexity computes it: the text is tokenized once; non-overlapping windows
+// of `context` tokens are evaluated from an empty cache (the first token replaced by BOS when the tokenizer
+// adds one); in each window only the second half is scored (each position predicts the next token).
+
+import Foundation
+
+public struct PerplexityResult: Sendable {
+    public var perplexity: Double
+    /// Running estimate after each window.
+    public var perWindow: [Double]
+    public var tokensScored: Int
+    public var seconds: Double
+}
+
+public enum PerplexityError: Error, CustomStringConvertible {
+    case tooShort(tokens: Int, context: Int)
+    case badContext(Int)
+    public var description: String {
+        switch self {
+        case .tooShort(let t, let c): return "the text has \(t) tokens; at least one window of \(c) is needed"
+        case .badContext(let c): return "context \(c) must be at least 4"
+        }
+    }
+}
+
+public enum Perplexity {
+    public static func evaluate(loaded: LoadedModel, text: String, context: Int, maxWindows: Int?,
+                                threads: Int, progress: (Int, Double) -> Void = { _, _ in }) throws -> PerplexityResult {
+        guard context >= 4 else { throw PerplexityError.badContext(context) }
+        let tokenizer = loaded.tokenizer
+        let model = loaded.model
+        let addBOS = tokenizer.spec.addBOS && tokenizer.spec.bosID != nil
+        var tokens: [Int32] = []
+        if addBOS { tokens.append(tokenizer.spec.bosID!) }
+        tokens += tokenizer.encode(text, parseSpecial: false)
+        var windows = tokens.count / context
+        guard windows > 0 else { throw PerplexityError.tooShort(tokens: tokens.count, context: context) }
+        if let m = maxWindows, m > 0 { windows = min(windows, m) }
+
+        let batch = min(context, 256)
+        let workspace = LlamaWorkspace(model: model, maxTokens: batch, maxContext: context, pool: WorkerPool(threads: threads))
+        let memory = model.makeMemory(capacity: context)
+        let vocab = model.config.vocabularySize
+        let first = context / 2
+        var nll = 0.0
+        var count = 0
+        var running: [Double] = []
+        let t0 = Date()
+        for w in 0..<windows {
+            var window = Array(tokens[(w * context)..<((w + 1) * context)])
+            if addBOS { window[0] = tokenizer.spec.bosID! }
+            memory.truncate(to: 0)
+            var pos = 0
+            while pos < context {
+                let end = min(pos + batch, context)
+                // Rows predicting tokens first+1 … context-1, i.e. batch positions in [first, context-1).
+                let lo = max(pos, first), hi = min(end, context - 1)
+                let rows = lo < hi ? (lo - pos)..<(hi - pos) : 0..<0
+                let logits = try model.forward(tokens: Array(window[pos..<end]), memory: memory,
+                                               workspace: workspace, logitRows: rows)
+                for (k, r) in rows.enumerated() {
+                    let row = logits + k * vocab
+                    let target = Int(window[pos + r + 1])
+                    var maxL = -Float.infinity
+                    for i in 0..<vocab where row[i] > maxL { maxL = row[i] }
+                    var sum = 0.0
+                    for i in 0..<vocab { sum += Double(expf(row[i] - maxL)) }
+                    nll += log(sum) + Double(maxL) - Double(row[target])
+                    count += 1
+                }
+                pos = end
+            }
+            let ppl = exp(nll / Double(count))
+            running.append(ppl)
+            progress(w + 1, ppl)
+        }
+        return PerplexityResult(perplexity: exp(nll / Double(count)), perWindow: running, tokensScored: count,
+                                seconds: Date().timeIntervalSince(t0))
+    }
+}

@@ -1,0 +1,51 @@
+// Causal grouped-query attention over a sequence's KV memory, read segment by segment (so a paged memory
+// serves as well as a contiguous one). Work is split across the pool by (batch row, query head).
+
+import CKernels
+import Foundation
+
+enum Attention {
+    static func causal(queries q: UnsafePointer<Float>, rows m: Int, startPosition start: Int, layer: Int,
+                       memory: KVMemory, headCount: Int, kvHeadCount: Int, headDim hd: Int,
+                       output out: UnsafeMutablePointer<Float>, workspace ws: LlamaWorkspace) {
+        let group = headCount / kvHeadCount
+        let rowWidth = memory.rowWidth
+        let scale = 1 / Float(hd).squareRoot()
+        let qDim = headCount * hd
+        let tasks = m * headCount
+        let threads = ws.pool.threadCount
+        ws.pool.run { tid in
+            let lo = tasks * tid / threads, hi = tasks * (tid + 1) / threads
+            guard lo < hi else { return }
+            let scores = ws.scores + tid * ws.scoreStride
+            for task in lo..<hi {
+                let r = task / headCount, h = task % headCount
+                let g = h / group
+                let positions = start + r + 1
+                let qv = q + r * qDim + h * hd
+                var maxScore = -Float.infinity
+                memory.forEachSegment(layer: layer, positions: positions) { first, count, keys, _ in
+                    for j in 0..<count {
+                        let s = tern_dot_f32(qv, keys + j * rowWidth + g * hd, Int64(hd)) * scale
+                        scores[first + j] = s
+                        if s > maxScore { maxScore = s }
+                    }
+                }
+                var sum: Float = 0
+                for j in 0..<positions {
+                    let e = expf(scores[j] - maxScore)
+                    scores[j] = e
+                    sum += e
+                }
+                let o = out + r * qDim + h * hd
+                o.update(repeating: 0, count: hd)
+                let inv = 1 / sum
+                memory.forEachSegment(layer: layer, positions: positions) { first, count, _, values in
+                    for j in 0..<count {
+                        tern_axpy_f32(scores[first + j] * inv, values + j * rowWidth + g * hd, o, Int64(hd))
+                    }
+                }
+            }
+        }
+    }
+}

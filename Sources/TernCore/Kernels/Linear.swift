@@ -1,0 +1,101 @@
+// Swift side of the matrix products: picks the C kernel for a weight's type and splits output rows between the
+// worker pool's threads. Activations for quantized weights are quantized once per input and reused by every
+// matrix that reads the same input (Q/K/V, gate/up).
+
+import CKernels
+
+/// Scratch for activations quantized to 8-bit blocks; sized for the largest input a model feeds its matrices.
+/// The caller quantizes an input once and hands the same blocks to every matrix that reads it.
+public final class QuantizedActivations {
+    // Owned by the engine thread's workspace; filled before a pool run that only reads it.
+    let blocks: UnsafeMutablePointer<tern_q8_block>
+    let capacityBlocks: Int
+    private(set) var rows = 0
+    private(set) var columns = 0
+
+    init(maxRows: Int, maxColumns: Int) {
+        capacityBlocks = maxRows * ((maxColumns + 31) / 32)
+        blocks = .allocate(capacity: max(1, capacityBlocks))
+    }
+
+    deinit { blocks.deallocate() }
+
+    /// Quantizes `rows` × `columns` floats (columns a multiple of 32).
+    func quantize(_ x: UnsafePointer<Float>, rows: Int, columns: Int, pool: WorkerPool) {
+        // Only quantized weights read the blocks, and those always have rows of whole 32-blocks.
+        guard columns % 32 == 0 else { self.rows = 0; self.columns = 0; return }
+        precondition(rows * (columns / 32) <= capacityBlocks)
+        let perRow = columns / 32
+        if rows < 8 {
+            for r in 0..<rows { tern_quantize_activations(x + r * columns, blocks + r * perRow, Int64(columns)) }
+        } else {
+            pool.parallelFor(rows) { range in
+                for r in range {
+                    tern_quantize_activations(x + r * columns, self.blocks + r * perRow, Int64(columns))
+                }
+            }
+        }
+        self.rows = rows
+        self.columns = columns
+    }
+}
+
+public enum Linear {
+    /// out[i, r] = Σ_c W[r, c] · x[i, c] for `rows` activation rows, with the output row stride = W's row count.
+    /// For quantized weights, `qa` must already hold `x` quantized (see QuantizedActivations.quantize).
+    public static func apply(_ w: WeightTensor, input x: UnsafePointer<Float>, rows m: Int,
+                             quantized qa: QuantizedActivations, output out: UnsafeMutablePointer<Float>,
+                             pool: WorkerPool) {
+        let n = w.columns
+        let outRows = w.rows
+        let type = Int32(w.type.rawValue)
+        let rowBytes = w.rowBytes
+        // Small matrices are not worth waking the other threads for.
+        let granule = 16
+        if w.type.isFloat {
+            pool.parallelFor(outRows, granule: granule) { r in
+                tern_matmul_f(type, w.data, rowBytes, Int64(n), x, Int64(m), out, Int64(outRows), Int64(r.lowerBound), Int64(r.upperBound))
+            }
+        } else {
+            precondition(qa.rows == m && qa.columns == n, "activations were not quantized for \(w.name)")
+            let a = UnsafePointer(qa.blocks)
+            pool.parallelFor(outRows, granule: granule) { r in
+                tern_matmul_q(type, w.data, rowBytes, Int64(n), a, Int64(m), out, Int64(outRows), Int64(r.lowerBound), Int64(r.upperBound))
+            }
+        }
+    }
+}
+
+public enum VectorOps {
+    /// y = x / sqrt(mean(x²) + eps) ⊙ weight, for `rows` rows of `n`.
+    @inlinable
+    public static func rmsNorm(_ x: UnsafePointer<Float>, weight: UnsafePointer<Float>, eps: Float,
+                               rows: Int, n: Int, output y: UnsafeMutablePointer<Float>) {
+        for r in 0..<rows {
+            let xr = x + r * n
+            let yr = y + r * n
+            var sum: Float = 0
+            for i in 0..<n { sum += xr[i] * xr[i] }
+            let scale = 1 / (sum / Float(n) + eps).squareRoot()
+            for i in 0..<n { yr[i] = xr[i] * scale * weight[i] }
+        }
+    }
+
+    /// gate = silu(gate) ⊙ up, in place.
+    @inlinable
+    public static func swiglu(gate: UnsafeMutablePointer<Float>, up: UnsafePointer<Float>, count: Int) {
+        for i in 0..<count {
+            let g = gate[i]
+            gate[i] = g / (1 + expf(-g)) * up[i]
+        }
+    }
+
+    @inlinable
+    public static func add(_ x: UnsafeMutablePointer<Float>, _ y: UnsafePointer<Float>, count: Int) {
+        for i in 0..<count { x[i] += y[i] }
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

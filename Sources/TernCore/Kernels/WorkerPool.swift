@@ -1,0 +1,126 @@
+// A persistent pool of compute threads for the forward pass. `run` hands the same closure to every thread
+// (the caller is thread 0) and returns when all have finished. Workers spin briefly between jobs, because a
+// decode step issues hundreds of small jobs and a condition-variable wake-up per job would cost more than the
+// work; after a short idle spell they sleep on a condition variable. No Dispatch queue is involved.
+
+import Foundation
+import Synchronization
+import CKernels
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public final class WorkerPool: @unchecked Sendable {
+    // Shared state: `job` is written only by the thread inside `run` before it publishes a new `generation`
+    // (release) and read by workers after they observe it (acquire); `remaining` counts unfinished workers.
+    // `mutex`/`wake` guard sleeping only.
+    public let threadCount: Int
+    private let generation = Atomic<Int>(0)
+    private let remaining = Atomic<Int>(0)
+    private let stopping = Atomic<Bool>(false)
+    private var job: UnsafeRawPointer?
+    private var mutex = pthread_mutex_t()
+    private var wake = pthread_cond_t()
+    private var threads: [pthread_t] = []
+    private let runLock = NSLock()
+
+    private typealias Job = (Int) -> Void
+
+    public init(threads: Int) {
+        threadCount = max(1, threads)
+        pthread_mutex_init(&mutex, nil)
+        pthread_cond_init(&wake, nil)
+        for index in 1..<threadCount {
+            let box = Unmanaged.passRetained(WorkerStart(pool: self, index: index))
+            var tid = pthread_t()
+            let rc = pthread_create(&tid, nil, { raw in
+                let start = Unmanaged<WorkerStart>.fromOpaque(raw!).takeRetainedValue()
+                start.pool.workerLoop(index: start.index)
+                return nil
+            }, box.toOpaque())
+            precondition(rc == 0, "cannot start a worker thread")
+            self.threads.append(tid)
+        }
+    }
+
+    deinit {
+        stopping.store(true, ordering: .releasing)
+        pthread_mutex_lock(&mutex)
+        _ = generation.add(1, ordering: .releasing)
+        pthread_cond_broadcast(&wake)
+        pthread_mutex_unlock(&mutex)
+        for t in threads { pthread_join(t, nil) }
+        pthread_cond_destroy(&wake)
+        pthread_mutex_destroy(&mutex)
+    }
+
+    /// Runs `body(threadIndex)` once on each of `threadCount` threads and waits for all of them.
+    public func run(_ body: (Int) -> Void) {
+        if threadCount == 1 { body(0); return }
+        runLock.lock()
+        defer { runLock.unlock() }
+        withoutActuallyEscaping(body) { escapable in
+            var closure: Job = escapable
+            withUnsafePointer(to: &closure) { ptr in
+                job = UnsafeRawPointer(ptr)
+                remaining.store(threadCount - 1, ordering: .relaxed)
+                pthread_mutex_lock(&mutex)
+                _ = generation.add(1, ordering: .releasing)
+                pthread_cond_broadcast(&wake)
+                pthread_mutex_unlock(&mutex)
+                escapable(0)
+                while remaining.load(ordering: .acquiring) > 0 { spinPause() }
+                job = nil
+            }
+        }
+    }
+
+    /// Splits `0..<count` into one contiguous range per thread (multiples of `granule`) and runs them.
+    public func parallelFor(_ count: Int, granule: Int = 1, _ body: (Range<Int>) -> Void) {
+        if count <= 0 { return }
+        let n = threadCount
+        if n == 1 || count <= granule { body(0..<count); return }
+        let units = (count + granule - 1) / granule
+        run { t in
+            let lo = min(count, units * t / n * granule)
+            let hi = min(count, units * (t + 1) / n * granule)
+            if lo < hi { body(lo..<hi) }
+        }
+    }
+
+    private func workerLoop(index: Int) {
+        var seen = 0
+        while true {
+            var spins = 0
+            var current = generation.load(ordering: .acquiring)
+            while current == seen {
+                spins += 1
+                if spins < 200_000 {
+                    spinPause()
+                } else {
+                    pthread_mutex_lock(&mutex)
+                    while generation.load(ordering: .acquiring) == seen { pthread_cond_wait(&wake, &mutex) }
+                    pthread_mutex_unlock(&mutex)
+                    spins = 0
+                }
+                current = generation.load(ordering: .acquiring)
+            }
+            seen = current
+            if stopping.load(ordering: .acquiring) { return }
+            if let j = job {
+                j.assumingMemoryBound(to: Job.self).pointee(index)
+            }
+            _ = remaining.subtract(1, ordering: .releasing)
+        }
+    }
+}
+
+private final class WorkerStart {
+    let pool: WorkerPool
+    let index: Int
+    init(pool: WorkerPool, index: Int) { self.pool = pool; self.index = index }
+}
+
+@inline(__always) func spinPause() {
+    // TODO(after CKernels settles): tern_cpu_relax()
+}

@@ -1,0 +1,105 @@
+// Scratch memory for one forward pass of a Llama-family model, sized once for the largest batch, so the
+// forward pass allocates nothing per token. Owned by one thread (the engine's) at a time.
+
+import Foundation
+
+public final class LlamaWorkspace {
+    public let maxTokens: Int
+    public let pool: WorkerPool
+    let x, xn, q, k, v, attention, tmp, gate, up: UnsafeMutablePointer<Float>
+    let quantized: QuantizedActivations
+    /// Logits of the rows asked for, vocabulary floats per row; grows when more rows are asked for.
+    public private(set) var logits: UnsafeMutablePointer<Float>
+    private var logitRowCapacity: Int
+    private let vocabulary: Int
+    /// cos/sin per batch row and rotated pair, for the positions of the current batch.
+    private let ropeCos, ropeSin: UnsafeMutablePointer<Float>
+    /// One attention-score row per worker thread, as long as the longest context.
+    let scores: UnsafeMutablePointer<Float>
+    let scoreStride: Int
+    private var buffers: [UnsafeMutablePointer<Float>] = []
+
+    public init(model: LlamaModel, maxTokens: Int, maxContext: Int, pool: WorkerPool) {
+        let c = model.config
+        self.maxTokens = max(1, maxTokens)
+        self.pool = pool
+        vocabulary = c.vocabularySize
+        var owned: [UnsafeMutablePointer<Float>] = []
+        func buffer(_ n: Int) -> UnsafeMutablePointer<Float> {
+            let p = UnsafeMutablePointer<Float>.allocate(capacity: max(1, n))
+            p.initialize(repeating: 0, count: max(1, n))
+            owned.append(p)
+            return p
+        }
+        let t = self.maxTokens
+        x = buffer(t * c.embeddingLength)
+        xn = buffer(t * c.embeddingLength)
+        q = buffer(t * model.qDim)
+        k = buffer(t * model.kvDim)
+        v = buffer(t * model.kvDim)
+        attention = buffer(t * model.qDim)
+        tmp = buffer(t * c.embeddingLength)
+        gate = buffer(t * c.feedForwardLength)
+        up = buffer(t * c.feedForwardLength)
+        ropeCos = buffer(t * c.ropeDimensions / 2)
+        ropeSin = buffer(t * c.ropeDimensions / 2)
+        scoreStride = max(1, maxContext)
+        scores = buffer(scoreStride * pool.threadCount)
+        buffers = owned
+        quantized = QuantizedActivations(maxRows: t, maxColumns: max(c.embeddingLength, c.feedForwardLength, model.qDim))
+        logitRowCapacity = 1
+        logits = .allocate(capacity: c.vocabularySize)
+    }
+
+    deinit {
+        for b in buffers { b.deallocate() }
+        logits.deallocate()
+    }
+
+    func ensureLogitRows(_ n: Int) {
+        guard n > logitRowCapacity else { return }
+        logits.deallocate()
+        logits = .allocate(capacity: n * vocabulary)
+        logitRowCapacity = n
+    }
+
+    func prepareRope(model: LlamaModel, start: Int, count: Int) {
+        let freqs = model.ropeInverseFrequencies
+        let half = freqs.count
+        let scale = model.config.ropePositionScale
+        for r in 0..<count {
+            let pos = Float(start + r) / scale
+            for i in 0..<half {
+                let angle = pos * freqs[i]
+                ropeCos[r * half + i] = cosf(angle)
+                ropeSin[r * half + i] = sinf(angle)
+            }
+        }
+    }
+
+    /// Rotates the first ropeDimensions of every head of `rows` rows, in the checkpoint's pairing convention.
+    func applyRope(_ y: UnsafeMutablePointer<Float>, heads: Int, rows: Int, model: LlamaModel) {
+        let hd = model.config.headDim
+        let half = model.config.ropeDimensions / 2
+        let interleaved = model.config.ropeStyle == .interleaved
+        for r in 0..<rows {
+            let cs = ropeCos + r * half, sn = ropeSin + r * half
+            for h in 0..<heads {
+                let v = y + (r * heads + h) * hd
+                if interleaved {
+                    for i in 0..<half {
+                        let a = v[2 * i], b = v[2 * i + 1]
+                        v[2 * i] = a * cs[i] - b * sn[i]
+                        v[2 * i + 1] = a * sn[i] + b * cs[i]
+                    }
+                } else {
+                    for i in 0..<half {
+                        let a = v[i], b = v[i + half]
+                        v[i] = a * cs[i] - b * sn[i]
+                        v[i + half] = a * sn[i] + b * cs[i]
+                    }
+                }
+            }
+        }
+    }
+}

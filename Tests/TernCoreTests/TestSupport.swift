@@ -1,0 +1,76 @@
+// Paths shared by the tests: the repository root, committed fixtures, the default model and the built `tern`.
+
+import Foundation
+import XCTest
+
+enum TestPaths {
+    static let repoRoot: String = {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().path
+    }()
+
+    static func fixture(_ relative: String) -> String { repoRoot + "/Tests/Fixtures/" + relative }
+
+    static var defaultModel: String { repoRoot + "/models/SmolLM2-135M-Instruct.Q4_1.gguf" }
+
+    /// The default model, or a skip when models/fetch has not been run.
+    static func requireDefaultModel() throws -> String {
+        let p = defaultModel
+        guard FileManager.default.fileExists(atPath: p) else {
+            throw XCTSkip("default model missing: run models/fetch")
+        }
+        return p
+    }
+
+    /// The `tern` executable built beside the test bundle.
+    static func ternBinary() throws -> String {
+        var dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        for _ in 0..<4 {
+            let candidate = dir.appendingPathComponent("tern").path
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+            dir = dir.deletingLastPathComponent()
+        }
+        for config in ["release", "debug"] {
+            let candidate = repoRoot + "/.build/\(config)/tern"
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+        }
+        throw XCTSkip("tern executable not built")
+    }
+
+    static func temporaryDirectory() throws -> String {
+        let dir = NSTemporaryDirectory() + "tern-tests-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        return dir
+    }
+}
+
+struct ProcessResult {
+    var status: Int32
+    var stdout: String
+    var stderr: String
+}
+
+/// Runs a command to completion, capturing both streams.
+func runProcess(_ path: String, _ args: [String], environment: [String: String]? = nil,
+                currentDirectory: String? = nil) throws -> ProcessResult {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: path)
+    p.arguments = args
+    if let environment { p.environment = environment }
+    if let currentDirectory { p.currentDirectoryURL = URL(fileURLWithPath: currentDirectory) }
+    let out = Pipe(), err = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    try p.run()
+    // Read both pipes before waiting so a chatty child cannot fill a pipe and block.
+    let group = DispatchGroup()
+    nonisolated(unsafe) var outData = Data(), errData = Data()
+    group.enter()
+    DispatchQueue.global().async { outData = out.fileHandleForReading.readDataToEndOfFile(); group.leave() }
+    group.enter()
+    DispatchQueue.global().async { errData = err.fileHandleForReading.readDataToEndOfFile(); group.leave() }
+    group.wait()
+    p.waitUntilExit()
+    return ProcessResult(status: p.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
+                         stderr: String(decoding: errData, as: UTF8.self))
+}
