@@ -24,6 +24,7 @@ let usage = """
                   [--stop TEXT] [--chat] [--system TEXT] [--ctx-size N] [--threads N] [--ignore-eos]
       tokenize    --model PATH --text TEXT [--special]
       inspect     PATH
+      convert     --model IN --type T --output OUT.gguf   (T: f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1 q4_k q5_k q6_k)
       perplexity  --model PATH --file TEXT_FILE [--context 512] [--chunks N] [--threads N]
 
     Every option can also be set as an environment variable TERN_<NAME> (e.g. TERN_MODEL, TERN_THREADS).
@@ -162,6 +163,25 @@ func runPerplexity(_ args: [String]) throws {
     print(String(format: "ppl: %.4f", result.perplexity))
 }
 
+func runConvert(_ args: [String]) throws {
+    let o = try Options(args, values: ["model", "type", "output"], flags: [])
+    guard let typeName = o.string("type") else { throw UsageError("convert needs --type T") }
+    guard let type = GGMLType(name: typeName), CheckpointConverter.writableTypes.contains(type) else {
+        throw UsageError("--type \(typeName) is not a type tern can write (\(CheckpointConverter.writableTypes.map(\.description).joined(separator: ", ")))")
+    }
+    guard let output = o.string("output") else { throw UsageError("convert needs --output OUT.gguf") }
+    let input = modelPath(o)
+    guard (input as NSString).standardizingPath != (output as NSString).standardizingPath else {
+        throw UsageError("--output must differ from the input")
+    }
+    let ck = try Checkpoint.open(path: input)
+    let start = Date()
+    let summary = try CheckpointConverter.convert(ck, to: type, output: output)
+    for f in summary.fallbacks { info("  \(f) (rows do not split into \(type) blocks)") }
+    info(String(format: "wrote %@: %d tensors, %.1f MiB of tensor data, in %.1f s", output, summary.tensors,
+                Double(summary.bytes) / 1_048_576, Date().timeIntervalSince(start)))
+}
+
 let arguments = Array(CommandLine.arguments.dropFirst())
 guard let command = arguments.first else {
     print(usage)
@@ -174,6 +194,7 @@ do {
     case "tokenize": try runTokenize(rest)
     case "inspect": try runInspect(rest)
     case "perplexity": try runPerplexity(rest)
+    case "convert": try runConvert(rest)
     case "help", "--help", "-h": print(usage)
     default: throw UsageError("unknown command '\(command)'\n\(usage)")
     }

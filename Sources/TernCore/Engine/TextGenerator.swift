@@ -32,6 +32,8 @@ public struct GenerationResult: Sendable {
     public var text: String
     public var tokens: [Int32]
     public var finishReason: FinishReason
+    /// The end-of-generation or stop token that ended generation (not part of `tokens`).
+    public var stopToken: Int32?
     public var promptTokenCount: Int
     public var promptSeconds: Double
     public var generationSeconds: Double
@@ -90,10 +92,12 @@ public final class TextGenerator {
         var out: [Int32] = []
         var finish = FinishReason.length
         var cancelled = false
+        var stopToken: Int32?
         while out.count < req.maxTokens {
             let token = sampler.sample(logits: logits, count: vocab)
             if req.stopTokens.contains(token) || (!req.ignoreEOS && tokenizer.isEndOfGeneration(token)) {
                 finish = .stop
+                stopToken = token
                 break
             }
             sampler.accept(token)
@@ -116,7 +120,7 @@ public final class TextGenerator {
         }
         let t2 = Date()
         return GenerationResult(text: text, tokens: out, finishReason: finish,
-                                promptTokenCount: req.promptTokens.count,
+                                stopToken: stopToken, promptTokenCount: req.promptTokens.count,
                                 promptSeconds: t1.timeIntervalSince(t0), generationSeconds: t2.timeIntervalSince(t1))
     }
 }
