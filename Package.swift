@@ -7,6 +7,9 @@ let package = Package(
         .executable(name: "tern", targets: ["tern"]),
         .library(name: "TernCore", targets: ["TernCore"]),
     ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    ],
     targets: [
         // Innermost SIMD loops, with runtime CPU dispatch (AVX-512 VNNI, AVX2, scalar).
         .target(
@@ -19,13 +22,25 @@ let package = Package(
             dependencies: ["CKernels"],
             swiftSettings: [.unsafeFlags(["-Ounchecked"])]
         ),
+        // System libraries for the server: TLS and gzip.
+        .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        // HTTP/1.1 on sockets and Dispatch, and the OpenAI-compatible API over the engine.
+        .target(
+            name: "TernServer",
+            dependencies: ["TernCore", "COpenSSL", "CZlib", .product(name: "Logging", package: "swift-log")]
+        ),
         .executableTarget(
             name: "tern",
-            dependencies: ["TernCore"]
+            dependencies: ["TernCore", "TernServer"]
         ),
         .testTarget(
             name: "TernCoreTests",
             dependencies: ["TernCore", "CKernels"]
+        ),
+        .testTarget(
+            name: "TernServerTests",
+            dependencies: ["TernServer", "TernCore"]
         ),
     ],
     swiftLanguageModes: [.v6]

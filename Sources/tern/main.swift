@@ -57,7 +57,7 @@ func runGenerate(_ args: [String]) throws {
     }
     guard sampling.temperature >= 0 else { throw UsageError("--temperature must be ≥ 0") }
     guard sampling.topP > 0 && sampling.topP <= 1 else { throw UsageError("--top-p must be in (0, 1]") }
-    let ctx = try o.int("ctx-size", default: min(loaded.model.config.contextLength, 4096), min: 16)!
+    let ctx = try o.int("ctx-size", default: min(loaded.model.trainedContextLength, 4096), min: 16)!
     let tokens: [Int32]
     if try o.flag("chat") {
         var messages: [ChatMessage] = []

@@ -29,14 +29,14 @@ final class ConvertTests: XCTestCase {
         let out = try TestPaths.temporaryDirectory() + "/from-hf.gguf"
         _ = try CheckpointConverter.convert(hf.checkpoint, to: .f32, output: out)
         let gguf = try LoadedModel(path: out)
-        XCTAssertEqual(gguf.model.config.ropeStyle, .interleaved)
+        XCTAssertEqual(gguf.llama!.config.ropeStyle, .interleaved)
         XCTAssertEqual(gguf.tokenizer.encode("Hello, the cat sat"), hf.tokenizer.encode("Hello, the cat sat"))
         XCTAssertNotNil(gguf.chatTemplate)
         let tokens: [Int32] = [317, 313, 11, 258, 220, 66, 265, 310]
         func logits(_ m: LoadedModel) throws -> [Float] {
-            let ws = LlamaWorkspace(model: m.model, maxTokens: 16, maxContext: 32, pool: WorkerPool(threads: 1))
+            let ws = m.model.makeWorkspace(maxTokens: 16, maxContext: 32, pool: WorkerPool(threads: 1))
             let p = try m.model.forward(tokens: tokens, memory: m.model.makeMemory(capacity: 32), workspace: ws, logitRows: 0..<tokens.count)
-            return Array(UnsafeBufferPointer(start: p, count: tokens.count * m.model.config.vocabularySize))
+            return Array(UnsafeBufferPointer(start: p, count: tokens.count * m.llama!.config.vocabularySize))
         }
         let a = try logits(hf), b = try logits(gguf)
         let scale = a.map(abs).max()!

@@ -30,14 +30,14 @@ final class LlamaReferenceTests: XCTestCase {
     /// All-position logits from one prefill.
     func logits(_ loaded: LoadedModel, tokens: [Int32], batch: Int = 64) throws -> [[Float]] {
         let model = loaded.model
-        let ws = LlamaWorkspace(model: model, maxTokens: batch, maxContext: 128, pool: WorkerPool(threads: 2))
+        let ws = model.makeWorkspace(maxTokens: batch, maxContext: 128, pool: WorkerPool(threads: 2))
         let memory = model.makeMemory(capacity: 128)
         var rows: [[Float]] = []
         var i = 0
         while i < tokens.count {
             let chunk = Array(tokens[i..<min(i + batch, tokens.count)])
             let out = try model.forward(tokens: chunk, memory: memory, workspace: ws, logitRows: 0..<chunk.count)
-            let v = model.config.vocabularySize
+            let v = model.vocabularySize
             for r in 0..<chunk.count { rows.append(Array(UnsafeBufferPointer(start: out + r * v, count: v))) }
             i += chunk.count
         }
@@ -97,10 +97,10 @@ final class LlamaReferenceTests: XCTestCase {
     func testSafetensorsAndGGUFLoadTheSameModel() throws {
         let gguf = try LoadedModel(path: TestPaths.fixture("llama/llama-f32.gguf"))
         let hf = try LoadedModel(path: TestPaths.fixture("llama/llama-hf"))
-        XCTAssertEqual(gguf.model.config.ropeStyle, .interleaved)
-        XCTAssertEqual(hf.model.config.ropeStyle, .neox)
+        XCTAssertEqual(gguf.llama!.config.ropeStyle, .interleaved)
+        XCTAssertEqual(hf.llama!.config.ropeStyle, .neox)
         XCTAssertEqual(hf.checkpoint.format, .safetensors)
-        XCTAssertEqual(gguf.model.config.layerCount, hf.model.config.layerCount)
+        XCTAssertEqual(gguf.llama!.config.layerCount, hf.llama!.config.layerCount)
         XCTAssertEqual(gguf.tokenizer.encode("Hello, the cat"), hf.tokenizer.encode("Hello, the cat"))
     }
 }

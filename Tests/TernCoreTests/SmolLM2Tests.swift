@@ -37,7 +37,7 @@ final class SmolLM2Tests: XCTestCase {
 
     /// Largest difference between Tern's first-step logits and a reference's top 10.
     func firstStepLogitError(_ m: LoadedModel, prompt: [Int32], top10: [[NSNumber]]) throws -> Float {
-        let ws = LlamaWorkspace(model: m.model, maxTokens: 512, maxContext: 1024, pool: WorkerPool(threads: 2))
+        let ws = m.model.makeWorkspace(maxTokens: 512, maxContext: 1024, pool: WorkerPool(threads: 2))
         let memory = m.model.makeMemory(capacity: 1024)
         let logits = try m.model.forward(tokens: prompt, memory: memory, workspace: ws, logitRows: (prompt.count - 1)..<prompt.count)
         return top10.map { abs(logits[$0[0].intValue] - $0[1].floatValue) }.max()!

@@ -2,14 +2,10 @@
 // Models write K/V rows of new positions and read them back segment by segment: the contiguous memory is one
 // segment per layer; a paged cache presents one segment per block, so the attention code serves both.
 
-public protocol KVMemory: AnyObject {
+public protocol KVMemory: SequenceMemory {
     var layerCount: Int { get }
     /// Floats per position per layer (KV heads × head dimension).
     var rowWidth: Int { get }
-    /// Positions already stored.
-    var count: Int { get }
-    /// Positions this memory can hold at most.
-    var capacity: Int { get }
     /// Makes room for `n` more positions after `count`; throws when the memory is full.
     func reserve(_ n: Int) throws
     func keyRow(layer: Int, position: Int) -> UnsafeMutablePointer<Float>
@@ -77,4 +73,9 @@ public final class ContiguousKVMemory: KVMemory {
     public func commit(_ n: Int) { count = min(capacity, count + n) }
 
     public func truncate(to newCount: Int) { count = max(0, min(count, newCount)) }
+
+    public func rollback(to newCount: Int) -> Bool {
+        truncate(to: newCount)
+        return true
+    }
 }

@@ -5,7 +5,7 @@ import Foundation
 
 public final class LoadedModel: Sendable {
     public let checkpoint: Checkpoint
-    public let model: LlamaModel
+    public let model: LanguageModel
     public let tokenizer: Tokenizer
     public let chatTemplate: ChatTemplate?
     /// A name for API responses: the file or directory name without extension.
@@ -14,7 +14,7 @@ public final class LoadedModel: Sendable {
     public init(path: String) throws {
         let ck = try Checkpoint.open(path: path)
         checkpoint = ck
-        model = try LlamaModel(checkpoint: ck)
+        model = try ModelLoader.load(ck)
         do {
             tokenizer = try Tokenizer(spec: ck.tokenizerSpec)
         } catch {
@@ -32,6 +32,9 @@ public final class LoadedModel: Sendable {
         let last = (path as NSString).lastPathComponent
         name = last.hasSuffix(".gguf") ? String(last.dropLast(5)) : last
     }
+
+    /// The transformer, when the checkpoint is one.
+    public var llama: LlamaModel? { model as? LlamaModel }
 
     /// Prompt tokens for raw text: BOS first when the tokenizer asks for it; special-token text is not parsed.
     public func promptTokens(text: String) -> [Int32] {

@@ -38,9 +38,9 @@ public enum Perplexity {
         if let m = maxWindows, m > 0 { windows = min(windows, m) }
 
         let batch = min(context, 256)
-        let workspace = LlamaWorkspace(model: model, maxTokens: batch, maxContext: context, pool: WorkerPool(threads: threads))
-        let memory = model.makeMemory(capacity: context)
-        let vocab = model.config.vocabularySize
+        let workspace = model.makeWorkspace(maxTokens: batch, maxContext: context, pool: WorkerPool(threads: threads))
+        var memory = model.makeMemory(capacity: context)
+        let vocab = model.vocabularySize
         let first = context / 2
         var nll = 0.0
         var count = 0
@@ -49,7 +49,9 @@ public enum Perplexity {
         for w in 0..<windows {
             var window = Array(tokens[(w * context)..<((w + 1) * context)])
             if addBOS { window[0] = tokenizer.spec.bosID! }
-            memory.truncate(to: 0)
+            if memory.count > 0 && !memory.rollback(to: 0) {
+                memory = model.makeMemory(capacity: context)
+            }
             var pos = 0
             while pos < context {
                 let end = min(pos + batch, context)

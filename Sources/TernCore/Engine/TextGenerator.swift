@@ -52,14 +52,14 @@ public enum GenerationError: Error, CustomStringConvertible {
 
 public final class TextGenerator {
     public let loaded: LoadedModel
-    public let workspace: LlamaWorkspace
+    public let workspace: ModelWorkspace
     public let contextLength: Int
 
     public init(loaded: LoadedModel, contextLength: Int, threads: Int, batchTokens: Int = 256) {
         self.loaded = loaded
         self.contextLength = contextLength
         let pool = WorkerPool(threads: threads)
-        workspace = LlamaWorkspace(model: loaded.model, maxTokens: batchTokens, maxContext: contextLength, pool: pool)
+        workspace = loaded.model.makeWorkspace(maxTokens: batchTokens, maxContext: contextLength, pool: pool)
     }
 
     /// Runs the request; `onText` receives final text pieces and returns false to cancel.
@@ -71,11 +71,11 @@ public final class TextGenerator {
             throw GenerationError.promptTooLong(req.promptTokens.count, context: contextLength)
         }
         let memory = model.makeMemory(capacity: contextLength)
-        let vocab = model.config.vocabularySize
+        let vocab = model.vocabularySize
         var sampler = Sampler(parameters: req.sampling, context: req.promptTokens)
 
         let t0 = Date()
-        var logits = workspace.logits
+        var logits: UnsafeMutablePointer<Float>?
         var i = 0
         while i < req.promptTokens.count {
             let chunk = Array(req.promptTokens[i..<min(i + workspace.maxTokens, req.promptTokens.count)])
@@ -94,7 +94,7 @@ public final class TextGenerator {
         var cancelled = false
         var stopToken: Int32?
         while out.count < req.maxTokens {
-            let token = sampler.sample(logits: logits, count: vocab)
+            let token = sampler.sample(logits: logits!, count: vocab)
             if req.stopTokens.contains(token) || (!req.ignoreEOS && tokenizer.isEndOfGeneration(token)) {
                 finish = .stop
                 stopToken = token

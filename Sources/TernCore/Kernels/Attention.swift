@@ -1,15 +1,15 @@
-// Causal grouped-query attention over a sequence's KV memory, read segment by segment (so a paged memory
-// serves as well as a contiguous one). Work is split across the pool by (batch row, query head).
+// Causal grouped-query attention over each sequence's KV memory, read segment by segment (so a paged memory
+// serves as well as a contiguous one). Rows of a batch may belong to different sequences; work is split across
+// the pool by (batch row, query head).
 
 import CKernels
 import Foundation
 
 enum Attention {
-    static func causal(queries q: UnsafePointer<Float>, rows m: Int, startPosition start: Int, layer: Int,
-                       memory: KVMemory, headCount: Int, kvHeadCount: Int, headDim hd: Int,
+    static func causal(queries q: UnsafePointer<Float>, rows m: Int, layer: Int, memories: [KVMemory],
+                       headCount: Int, kvHeadCount: Int, headDim hd: Int,
                        output out: UnsafeMutablePointer<Float>, workspace ws: LlamaWorkspace) {
         let group = headCount / kvHeadCount
-        let rowWidth = memory.rowWidth
         let scale = 1 / Float(hd).squareRoot()
         let qDim = headCount * hd
         let tasks = m * headCount
@@ -21,7 +21,10 @@ enum Attention {
             for task in lo..<hi {
                 let r = task / headCount, h = task % headCount
                 let g = h / group
-                let positions = start + r + 1
+                let memory = memories[ws.rowItem[r]]
+                let rowWidth = memory.rowWidth
+                let positions = ws.rowPosition[r] + 1
+                precondition(positions <= ws.scoreStride, "context longer than the workspace's score buffer")
                 let qv = q + r * qDim + h * hd
                 var maxScore = -Float.infinity
                 memory.forEachSegment(layer: layer, positions: positions) { first, count, keys, _ in

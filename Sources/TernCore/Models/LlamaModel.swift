@@ -5,7 +5,7 @@
 import CKernels
 import Foundation
 
-public final class LlamaModel: Sendable {
+public final class LlamaModel: LanguageModel {
     struct Layer: Sendable {
         let attnNorm: [Float]
         let wq, wk, wv, wo: WeightTensor
@@ -115,47 +115,64 @@ public final class LlamaModel: Sendable {
         return total
     }
 
-    public func makeMemory(capacity: Int) -> ContiguousKVMemory {
+    public func makeMemory(capacity: Int) -> SequenceMemory {
+        makeKVMemory(capacity: capacity)
+    }
+
+    public func makeKVMemory(capacity: Int) -> ContiguousKVMemory {
         ContiguousKVMemory(layers: config.layerCount, rowWidth: kvDim, capacity: capacity)
     }
 
-    public enum ForwardError: Error, CustomStringConvertible {
-        case tokenOutOfRange(Int32, vocabulary: Int)
-        case batchTooLarge(Int, max: Int)
-        public var description: String {
-            switch self {
-            case .tokenOutOfRange(let t, let v): return "token id \(t) is outside the vocabulary (0..<\(v))"
-            case .batchTooLarge(let n, let m): return "batch of \(n) tokens exceeds the workspace (\(m))"
-            }
-        }
+    public func makeWorkspace(maxTokens: Int, maxContext: Int, pool: WorkerPool) -> ModelWorkspace {
+        LlamaWorkspace(model: self, maxTokens: maxTokens, maxContext: maxContext, pool: pool)
     }
 
-    /// Runs `tokens` (positions memory.count …) through the model, appends their K/V to `memory`, and returns the
-    /// logits of the batch rows `logitRows` (vocabulary floats each, in `workspace.logits`).
-    @discardableResult
-    public func forward(tokens: [Int32], memory: KVMemory, workspace ws: LlamaWorkspace,
-                        logitRows: Range<Int>) throws -> UnsafeMutablePointer<Float> {
-        let m = tokens.count
-        guard m > 0 else { return ws.logits }
-        guard m <= ws.maxTokens else { throw ForwardError.batchTooLarge(m, max: ws.maxTokens) }
-        for t in tokens where t < 0 || Int(t) >= config.vocabularySize {
-            throw ForwardError.tokenOutOfRange(t, vocabulary: config.vocabularySize)
-        }
-        try memory.reserve(m)
-        precondition(logitRows.lowerBound >= 0 && logitRows.upperBound <= m)
-        let start = memory.count
+    public var architecture: String { config.architecture }
+    public var vocabularySize: Int { config.vocabularySize }
+    public var trainedContextLength: Int { config.contextLength }
+
+    public func forward(_ batch: [ForwardItem], workspace: ModelWorkspace) throws -> UnsafeMutablePointer<Float> {
+        guard let ws = workspace as? LlamaWorkspace else { throw ModelError.wrongWorkspace }
         let cfg = config
         let dim = cfg.embeddingLength
+        var memories: [KVMemory] = []
+        memories.reserveCapacity(batch.count)
+        var m = 0
+        ws.logitSourceRows.removeAll(keepingCapacity: true)
+        for item in batch {
+            guard let mem = item.memory as? KVMemory, mem.rowWidth == kvDim, mem.layerCount == cfg.layerCount else {
+                throw ModelError.wrongMemory
+            }
+            for t in item.tokens where t < 0 || Int(t) >= cfg.vocabularySize {
+                throw ModelError.tokenOutOfRange(t, vocabulary: cfg.vocabularySize)
+            }
+            guard mem.count + item.tokens.count <= mem.capacity else { throw ModelError.memoryFull(capacity: mem.capacity) }
+            precondition(item.logitRows.lowerBound >= 0 && item.logitRows.upperBound <= item.tokens.count)
+            m += item.tokens.count
+            memories.append(mem)
+        }
+        guard m > 0 else { return ws.logits }
+        guard m <= ws.maxTokens else { throw ModelError.batchTooLarge(m, max: ws.maxTokens) }
+        for mem in memories { try mem.reserve(0) }
+
+        // Lay the batch out row by row.
+        let embType = Int32(tokenEmbedding.type.rawValue)
+        var row = 0
+        for (i, item) in batch.enumerated() {
+            let start = memories[i].count
+            for (j, t) in item.tokens.enumerated() {
+                ws.rowPosition[row] = start + j
+                ws.rowItem[row] = i
+                tern_dequantize_row(embType, tokenEmbedding.data + Int(t) * tokenEmbedding.rowBytes, ws.x + row * dim, Int64(dim))
+                if item.logitRows.contains(j) { ws.logitSourceRows.append(row) }
+                row += 1
+            }
+            try memories[i].reserve(item.tokens.count)
+        }
         let pool = ws.pool
         let x = ws.x, xn = ws.xn, q = ws.q, k = ws.k, v = ws.v, att = ws.attention, tmp = ws.tmp
         let gate = ws.gate, up = ws.up, qa = ws.quantized
-
-        // Embedding rows.
-        let embType = Int32(tokenEmbedding.type.rawValue)
-        for (i, t) in tokens.enumerated() {
-            tern_dequantize_row(embType, tokenEmbedding.data + Int(t) * tokenEmbedding.rowBytes, x + i * dim, Int64(dim))
-        }
-        ws.prepareRope(model: self, start: start, count: m)
+        ws.prepareRope(model: self, count: m)
 
         for (li, layer) in layers.enumerated() {
             layer.attnNorm.withUnsafeBufferPointer { VectorOps.rmsNorm(x, weight: $0.baseAddress!, eps: cfg.rmsEpsilon, rows: m, n: dim, output: xn) }
@@ -168,11 +185,12 @@ public final class LlamaModel: Sendable {
             if let b = layer.bv { addBias(v, b, rows: m) }
             ws.applyRope(q, heads: cfg.headCount, rows: m, model: self)
             ws.applyRope(k, heads: cfg.kvHeadCount, rows: m, model: self)
-            for i in 0..<m {
-                memory.keyRow(layer: li, position: start + i).update(from: k + i * kvDim, count: kvDim)
-                memory.valueRow(layer: li, position: start + i).update(from: v + i * kvDim, count: kvDim)
+            for r in 0..<m {
+                let mem = memories[ws.rowItem[r]]
+                mem.keyRow(layer: li, position: ws.rowPosition[r]).update(from: k + r * kvDim, count: kvDim)
+                mem.valueRow(layer: li, position: ws.rowPosition[r]).update(from: v + r * kvDim, count: kvDim)
             }
-            Attention.causal(queries: q, rows: m, startPosition: start, layer: li, memory: memory,
+            Attention.causal(queries: q, rows: m, layer: li, memories: memories,
                              headCount: cfg.headCount, kvHeadCount: cfg.kvHeadCount, headDim: cfg.headDim,
                              output: att, workspace: ws)
             qa.quantize(att, rows: m, columns: qDim, pool: pool)
@@ -188,13 +206,18 @@ public final class LlamaModel: Sendable {
             Linear.apply(layer.down, input: gate, rows: m, quantized: qa, output: tmp, pool: pool)
             VectorOps.add(x, tmp, count: m * dim)
         }
-        memory.commit(m)
+        for (i, item) in batch.enumerated() { memories[i].commit(item.tokens.count) }
 
-        let n = logitRows.count
+        let n = ws.logitSourceRows.count
         guard n > 0 else { return ws.logits }
         ws.ensureLogitRows(n)
-        let rows0 = x + logitRows.lowerBound * dim
-        outputNorm.withUnsafeBufferPointer { VectorOps.rmsNorm(rows0, weight: $0.baseAddress!, eps: cfg.rmsEpsilon, rows: n, n: dim, output: xn) }
+        // Norm and project only the rows that want logits: gathered into tmp unless they already lead x.
+        var src = x
+        if !ws.logitSourceRows.enumerated().allSatisfy({ $0.offset == $0.element }) {
+            for (o, r) in ws.logitSourceRows.enumerated() { (tmp + o * dim).update(from: x + r * dim, count: dim) }
+            src = tmp
+        }
+        outputNorm.withUnsafeBufferPointer { VectorOps.rmsNorm(src, weight: $0.baseAddress!, eps: cfg.rmsEpsilon, rows: n, n: dim, output: xn) }
         qa.quantize(xn, rows: n, columns: dim, pool: pool)
         Linear.apply(output, input: xn, rows: n, quantized: qa, output: ws.logits, pool: pool)
         return ws.logits

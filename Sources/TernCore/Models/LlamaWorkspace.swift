@@ -3,7 +3,7 @@
 
 import Foundation
 
-public final class LlamaWorkspace {
+public final class LlamaWorkspace: ModelWorkspace {
     public let maxTokens: Int
     public let pool: WorkerPool
     let x, xn, q, k, v, attention, tmp, gate, up: UnsafeMutablePointer<Float>
@@ -18,6 +18,12 @@ public final class LlamaWorkspace {
     let scores: UnsafeMutablePointer<Float>
     let scoreStride: Int
     private var buffers: [UnsafeMutablePointer<Float>] = []
+    /// For each batch row: its absolute position, and which batch item it belongs to.
+    var rowPosition: [Int]
+    var rowItem: [Int]
+    /// Batch rows whose logits were asked for, in output order.
+    var logitSourceRows: [Int] = []
+    let ropeHalf: Int
 
     public init(model: LlamaModel, maxTokens: Int, maxContext: Int, pool: WorkerPool) {
         let c = model.config
@@ -49,6 +55,10 @@ public final class LlamaWorkspace {
         quantized = QuantizedActivations(maxRows: t, maxColumns: max(c.embeddingLength, c.feedForwardLength, model.qDim))
         logitRowCapacity = 1
         logits = .allocate(capacity: c.vocabularySize)
+        rowPosition = [Int](repeating: 0, count: t)
+        rowItem = [Int](repeating: 0, count: t)
+        logitSourceRows.reserveCapacity(t)
+        ropeHalf = c.ropeDimensions / 2
     }
 
     deinit {
@@ -63,12 +73,13 @@ public final class LlamaWorkspace {
         logitRowCapacity = n
     }
 
-    func prepareRope(model: LlamaModel, start: Int, count: Int) {
+    /// cos/sin for the positions in `rowPosition[0..<count]`.
+    func prepareRope(model: LlamaModel, count: Int) {
         let freqs = model.ropeInverseFrequencies
         let half = freqs.count
         let scale = model.config.ropePositionScale
         for r in 0..<count {
-            let pos = Float(start + r) / scale
+            let pos = Float(rowPosition[r]) / scale
             for i in 0..<half {
                 let angle = pos * freqs[i]
                 ropeCos[r * half + i] = cosf(angle)
