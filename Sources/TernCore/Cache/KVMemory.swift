@@ -2,18 +2,26 @@
 // Models write K/V rows of new positions and read them back segment by segment: the contiguous memory is one
 // segment per layer; a paged cache presents one segment per block, so the attention code serves both.
 
+/// Element type of stored keys and values.
+public enum KVStorage: String, Sendable {
+    case f32, f16
+    public var bytes: Int { self == .f32 ? 4 : 2 }
+}
+
 public protocol KVMemory: SequenceMemory {
     var layerCount: Int { get }
-    /// Floats per position per layer (KV heads × head dimension).
+    /// Values per position per layer (KV heads × head dimension).
     var rowWidth: Int { get }
+    var storage: KVStorage { get }
     /// Makes room for `n` more positions after `count`; throws when the memory is full.
     func reserve(_ n: Int) throws
-    func keyRow(layer: Int, position: Int) -> UnsafeMutablePointer<Float>
-    func valueRow(layer: Int, position: Int) -> UnsafeMutablePointer<Float>
+    /// Writes the key and value rows (rowWidth floats each) of one reserved position.
+    func store(layer: Int, position: Int, key: UnsafePointer<Float>, value: UnsafePointer<Float>)
     /// Calls `body(firstPosition, positionCount, keys, values)` for consecutive runs covering positions
-    /// 0..<positions; within a run, position p's row starts at (p - firstPosition) * rowWidth.
+    /// 0..<positions; within a run, position p's row starts at element (p - firstPosition) * rowWidth,
+    /// in `storage`'s element type.
     func forEachSegment(layer: Int, positions: Int,
-                        _ body: (Int, Int, UnsafePointer<Float>, UnsafePointer<Float>) -> Void)
+                        _ body: (Int, Int, UnsafeRawPointer, UnsafeRawPointer) -> Void)
     /// Marks `n` reserved positions as written.
     func commit(_ n: Int)
     /// Forgets every position from `count` on (speculation rollback, perplexity windows).
@@ -31,6 +39,7 @@ public final class ContiguousKVMemory: KVMemory {
     public let layerCount: Int
     public let rowWidth: Int
     public let capacity: Int
+    public var storage: KVStorage { .f32 }
     public private(set) var count = 0
     private let keys: UnsafeMutablePointer<Float>
     private let values: UnsafeMutablePointer<Float>
@@ -55,19 +64,14 @@ public final class ContiguousKVMemory: KVMemory {
         guard n >= 0, count + n <= capacity else { throw KVMemoryFullError(capacity: capacity) }
     }
 
-    @inline(__always)
-    public func keyRow(layer: Int, position: Int) -> UnsafeMutablePointer<Float> {
-        keys + layer * layerStride + position * rowWidth
-    }
-
-    @inline(__always)
-    public func valueRow(layer: Int, position: Int) -> UnsafeMutablePointer<Float> {
-        values + layer * layerStride + position * rowWidth
+    public func store(layer: Int, position: Int, key: UnsafePointer<Float>, value: UnsafePointer<Float>) {
+        (keys + layer * layerStride + position * rowWidth).update(from: key, count: rowWidth)
+        (values + layer * layerStride + position * rowWidth).update(from: value, count: rowWidth)
     }
 
     public func forEachSegment(layer: Int, positions: Int,
-                               _ body: (Int, Int, UnsafePointer<Float>, UnsafePointer<Float>) -> Void) {
-        body(0, positions, keys + layer * layerStride, values + layer * layerStride)
+                               _ body: (Int, Int, UnsafeRawPointer, UnsafeRawPointer) -> Void) {
+        body(0, positions, UnsafeRawPointer(keys + layer * layerStride), UnsafeRawPointer(values + layer * layerStride))
     }
 
     public func commit(_ n: Int) { count = min(capacity, count + n) }

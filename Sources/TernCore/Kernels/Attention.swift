@@ -26,12 +26,23 @@ enum Attention {
                 let positions = ws.rowPosition[r] + 1
                 precondition(positions <= ws.scoreStride, "context longer than the workspace's score buffer")
                 let qv = q + r * qDim + h * hd
+                let half = memory.storage == .f16
                 var maxScore = -Float.infinity
                 memory.forEachSegment(layer: layer, positions: positions) { first, count, keys, _ in
-                    for j in 0..<count {
-                        let s = tern_dot_f32(qv, keys + j * rowWidth + g * hd, Int64(hd)) * scale
-                        scores[first + j] = s
-                        if s > maxScore { maxScore = s }
+                    if half {
+                        let k = keys.assumingMemoryBound(to: UInt16.self) + g * hd
+                        for j in 0..<count {
+                            let s = tern_dot_f16(k + j * rowWidth, qv, Int64(hd)) * scale
+                            scores[first + j] = s
+                            if s > maxScore { maxScore = s }
+                        }
+                    } else {
+                        let k = keys.assumingMemoryBound(to: Float.self) + g * hd
+                        for j in 0..<count {
+                            let s = tern_dot_f32(qv, k + j * rowWidth, Int64(hd)) * scale
+                            scores[first + j] = s
+                            if s > maxScore { maxScore = s }
+                        }
                     }
                 }
                 var sum: Float = 0
@@ -44,8 +55,12 @@ enum Attention {
                 o.update(repeating: 0, count: hd)
                 let inv = 1 / sum
                 memory.forEachSegment(layer: layer, positions: positions) { first, count, _, values in
-                    for j in 0..<count {
-                        tern_axpy_f32(scores[first + j] * inv, values + j * rowWidth + g * hd, o, Int64(hd))
+                    if half {
+                        let v = values.assumingMemoryBound(to: UInt16.self) + g * hd
+                        for j in 0..<count { tern_axpy_f16(scores[first + j] * inv, v + j * rowWidth, o, Int64(hd)) }
+                    } else {
+                        let v = values.assumingMemoryBound(to: Float.self) + g * hd
+                        for j in 0..<count { tern_axpy_f32(scores[first + j] * inv, v + j * rowWidth, o, Int64(hd)) }
                     }
                 }
             }

@@ -186,9 +186,7 @@ public final class LlamaModel: LanguageModel {
             ws.applyRope(q, heads: cfg.headCount, rows: m, model: self)
             ws.applyRope(k, heads: cfg.kvHeadCount, rows: m, model: self)
             for r in 0..<m {
-                let mem = memories[ws.rowItem[r]]
-                mem.keyRow(layer: li, position: ws.rowPosition[r]).update(from: k + r * kvDim, count: kvDim)
-                mem.valueRow(layer: li, position: ws.rowPosition[r]).update(from: v + r * kvDim, count: kvDim)
+                memories[ws.rowItem[r]].store(layer: li, position: ws.rowPosition[r], key: k + r * kvDim, value: v + r * kvDim)
             }
             Attention.causal(queries: q, rows: m, layer: li, memories: memories,
                              headCount: cfg.headCount, kvHeadCount: cfg.kvHeadCount, headDim: cfg.headDim,

@@ -1,0 +1,193 @@
+// The paged KV store (vLLM's PagedAttention layout): one preallocated region cut into fixed-size blocks of
+// `blockSize` positions × all layers × keys and values. Blocks carry reference counts so sequences can share
+// them (forks, cached prompt prefixes); a full block is named by hash(parent's hash, its tokens) and stays
+// findable after its last user leaves, until it is reclaimed least-recently-used first.
+//
+// Owned by the engine thread: every method must be called from that one thread; no locks inside.
+
+import CKernels
+import Foundation
+
+public final class KVBlockPool {
+    public let layerCount: Int
+    public let rowWidth: Int
+    public let blockSize: Int
+    public let storage: KVStorage
+    public let blockCount: Int
+    /// Bytes of one layer's keys (or values) in one block.
+    let layerBytes: Int
+    /// Bytes of one block: all layers, keys then values per layer.
+    let blockBytes: Int
+    private let region: UnsafeMutableRawPointer
+    private let regionBytes: Int
+
+    private var refCounts: [Int32]
+    private var freeList: [Int32]
+    /// Prefix cache: block hash → block, and each cached block's hash.
+    private var blockByHash: [UInt64: Int32] = [:]
+    private var hashOfBlock: [UInt64?]
+    /// Cached blocks nobody uses, oldest first (reclaimed before failing an allocation). Tracked with a
+    /// monotonically increasing stamp so a block can be touched in O(1) and the oldest found lazily.
+    private var idleStamp: [UInt64]
+    private var idleQueue: [(block: Int32, stamp: UInt64)] = []
+    private var idleHead = 0
+    private var clock: UInt64 = 0
+    public private(set) var idleCachedCount = 0
+
+    // Counters for metrics.
+    public private(set) var prefixQueries = 0
+    public private(set) var prefixHits = 0
+
+    public init(layers: Int, rowWidth: Int, blockSize: Int, storage: KVStorage, bytes: Int) throws {
+        precondition(layers > 0 && rowWidth > 0 && blockSize > 0)
+        layerCount = layers
+        self.rowWidth = rowWidth
+        self.blockSize = blockSize
+        self.storage = storage
+        layerBytes = blockSize * rowWidth * storage.bytes
+        blockBytes = layers * 2 * layerBytes
+        blockCount = bytes / blockBytes
+        guard blockCount >= 2 else {
+            throw KVMemoryFullError(capacity: blockCount * blockSize)
+        }
+        regionBytes = blockCount * blockBytes
+        // Anonymous mmap: pages cost resident memory only once a block is first written.
+        guard let p = mmap(nil, regionBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED else {
+            throw KVMemoryFullError(capacity: 0)
+        }
+        region = p
+        refCounts = [Int32](repeating: 0, count: blockCount)
+        hashOfBlock = [UInt64?](repeating: nil, count: blockCount)
+        idleStamp = [UInt64](repeating: 0, count: blockCount)
+        freeList = (0..<Int32(blockCount)).reversed().map { $0 }
+    }
+
+    deinit { munmap(region, regionBytes) }
+
+    // MARK: memory access
+
+    @inline(__always)
+    func keys(block: Int32, layer: Int) -> UnsafeMutableRawPointer {
+        region + Int(block) * blockBytes + layer * 2 * layerBytes
+    }
+
+    @inline(__always)
+    func values(block: Int32, layer: Int) -> UnsafeMutableRawPointer {
+        region + Int(block) * blockBytes + (layer * 2 + 1) * layerBytes
+    }
+
+    func copyBlock(from src: Int32, to dst: Int32) {
+        (region + Int(dst) * blockBytes).copyMemory(from: region + Int(src) * blockBytes, byteCount: blockBytes)
+    }
+
+    // MARK: allocation
+
+    /// Blocks that can be handed out right now (free plus idle cached ones).
+    public var availableBlocks: Int { freeList.count + idleCachedCount }
+    public var usedBlocks: Int { blockCount - availableBlocks }
+
+    /// A block with reference count 1, or nil when every block is in use.
+    func allocate() -> Int32? {
+        if let b = freeList.popLast() {
+            refCounts[Int(b)] = 1
+            return b
+        }
+        // Reclaim the least recently used idle cached block.
+        while idleHead < idleQueue.count {
+            let (b, stamp) = idleQueue[idleHead]
+            idleHead += 1
+            if refCounts[Int(b)] == 0, idleStamp[Int(b)] == stamp, let h = hashOfBlock[Int(b)] {
+                blockByHash[h] = nil
+                hashOfBlock[Int(b)] = nil
+                idleCachedCount -= 1
+                compactIdleQueue()
+                refCounts[Int(b)] = 1
+                return b
+            }
+        }
+        compactIdleQueue()
+        return nil
+    }
+
+    func retain(_ b: Int32) {
+        if refCounts[Int(b)] == 0 {
+            // An idle cached block comes back into use.
+            idleCachedCount -= 1
+            idleStamp[Int(b)] = 0
+        }
+        refCounts[Int(b)] += 1
+    }
+
+    func release(_ b: Int32) {
+        precondition(refCounts[Int(b)] > 0, "block released more often than retained")
+        refCounts[Int(b)] -= 1
+        guard refCounts[Int(b)] == 0 else { return }
+        if hashOfBlock[Int(b)] != nil {
+            clock += 1
+            idleStamp[Int(b)] = clock
+            idleQueue.append((b, clock))
+            idleCachedCount += 1
+        } else {
+            freeList.append(b)
+        }
+    }
+
+    func referenceCount(_ b: Int32) -> Int { Int(refCounts[Int(b)]) }
+
+    private func compactIdleQueue() {
+        if idleHead > 1024 && idleHead * 2 > idleQueue.count {
+            idleQueue.removeFirst(idleHead)
+            idleHead = 0
+        }
+    }
+
+    // MARK: prefix cache
+
+    /// Hash naming a full block: its parent's hash and its tokens (FNV-1a over 64-bit words).
+    public static func blockHash(parent: UInt64, tokens: ArraySlice<Int32>) -> UInt64 {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325 ^ parent
+        h = h &* 0x1000_0000_01b3
+        for t in tokens {
+            h ^= UInt64(UInt32(bitPattern: t))
+            h = h &* 0x1000_0000_01b3
+            h ^= h >> 29
+        }
+        return h
+    }
+
+    /// Finds a cached block by hash and takes a reference to it.
+    func lookup(hash: UInt64) -> Int32? {
+        guard let b = blockByHash[hash] else { return nil }
+        retain(b)
+        return b
+    }
+
+    /// Publishes a full block under `hash` (unless another block already holds that content).
+    func register(block b: Int32, hash: UInt64) {
+        guard blockByHash[hash] == nil, hashOfBlock[Int(b)] == nil else { return }
+        blockByHash[hash] = b
+        hashOfBlock[Int(b)] = hash
+    }
+
+    /// Whether writes to `b` would change what the prefix cache promises for its hash.
+    func isPublished(_ b: Int32) -> Bool { hashOfBlock[Int(b)] != nil }
+
+    func countPrefixQuery(hitBlocks: Int, queriedBlocks: Int) {
+        prefixQueries += queriedBlocks
+        prefixHits += hitBlocks
+    }
+
+    /// Invariant check for tests: every block is either free, idle-cached, or referenced.
+    public func checkInvariants() -> String? {
+        var free = Set(freeList)
+        if free.count != freeList.count { return "a block is on the free list twice" }
+        for b in 0..<Int32(blockCount) {
+            let rc = refCounts[Int(b)]
+            if rc < 0 { return "block \(b) has reference count \(rc)" }
+            if rc == 0 && hashOfBlock[Int(b)] == nil && !free.contains(b) { return "block \(b) leaked" }
+            if rc > 0 && free.contains(b) { return "block \(b) is in use and free" }
+            free.remove(b)
+        }
+        return nil
+    }
+}

@@ -1,0 +1,224 @@
+// The batching engine: paged attention equals the contiguous cache, batched greedy output equals solo output,
+// the prefix cache, copy-on-write forks, preemption in a tiny pool, cancellation, the bounded queue, and that
+// every KV block is free again once requests end.
+
+import Foundation
+import XCTest
+@testable import TernCore
+
+/// Collects one request's events and waits for its end.
+final class EventCollector: @unchecked Sendable {
+    // Written on the engine thread, read by the test after `done` is signalled.
+    private let lock = NSLock()
+    private let done = DispatchSemaphore(value: 0)
+    private(set) var texts: [Int: String] = [:]
+    private(set) var tokens: [Int: [Int32]] = [:]
+    private(set) var reasons: [Int: FinishReason] = [:]
+    private(set) var cached = 0
+    private(set) var usage: EngineUsage?
+    private(set) var failure: String?
+    private(set) var promptLogprobs: [TokenLogprob?] = []
+    private(set) var tokenLogprobs: [TokenLogprob] = []
+    var onToken: (@Sendable () -> Void)?
+
+    func handle(_ e: EngineEvent) {
+        lock.lock()
+        switch e {
+        case .started(let c): cached = c
+        case .promptLogprobs(let l): promptLogprobs = l
+        case .token(let choice, let token, let text, let lp):
+            tokens[choice, default: []].append(token)
+            texts[choice, default: ""] += text
+            if let lp { tokenLogprobs.append(lp) }
+        case .finished(let choice, let reason, let text):
+            reasons[choice] = reason
+            texts[choice, default: ""] += text
+        case .completed(let u): usage = u; done.signal()
+        case .failed(let m): failure = m; done.signal()
+        }
+        let cb = onToken
+        lock.unlock()
+        if case .token = e { cb?() }
+    }
+
+    func wait(_ seconds: Double = 120) -> Bool { done.wait(timeout: .now() + seconds) == .success }
+}
+
+final class EngineTests: XCTestCase {
+    /// Distinct deterministic prompts of the given lengths, within the fixture vocabulary.
+    static func prompts(count: Int, length: (Int) -> Int) -> [[Int32]] {
+        var out: [[Int32]] = []
+        for i in 0..<count {
+            var p: [Int32] = []
+            for j in 0..<length(i) { p.append(Int32((j * 37 + i * 11) % 300)) }
+            out.append(p)
+        }
+        return out
+    }
+
+    func fixtureModel() throws -> LoadedModel { try LoadedModel(path: TestPaths.fixture("llama/llama-f32.gguf")) }
+
+    func makeEngine(_ m: LoadedModel, kvBytes: Int = 64 << 20, blockSize: Int = 4, storage: KVStorage = .f32,
+                    maxBatchTokens: Int = 64, context: Int = 128, maxQueue: Int = 64) throws -> Engine {
+        var c = EngineConfiguration(threads: 2, contextLength: context, kvCacheBytes: kvBytes)
+        c.blockSize = blockSize
+        c.kvStorage = storage
+        c.maxBatchTokens = maxBatchTokens
+        c.maxQueue = maxQueue
+        let e = try Engine(loaded: m, configuration: c)
+        e.start()
+        return e
+    }
+
+    func run(_ e: Engine, _ requests: [EngineRequest]) throws -> [EventCollector] {
+        let collectors = requests.map { _ in EventCollector() }
+        for (r, c) in zip(requests, collectors) { _ = try e.submit(r) { c.handle($0) } }
+        for c in collectors { XCTAssertTrue(c.wait(), "request did not finish") }
+        return collectors
+    }
+
+    func assertAllBlocksFree(_ e: Engine, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertTrue(e.waitUntilIdle(timeout: 10), file: file, line: line)
+        // Ask the engine thread to publish, then inspect the pool between steps (it is idle now).
+        XCTAssertNil(e.pool.checkInvariants(), file: file, line: line)
+        XCTAssertEqual(e.pool.availableBlocks, e.pool.blockCount, "blocks leaked", file: file, line: line)
+    }
+
+    func testPagedAttentionEqualsContiguous() throws {
+        let m = try fixtureModel()
+        let tokens: [Int32] = [317, 313, 11, 258, 220, 66, 265, 310, 308, 258, 302, 265]
+        let ws = m.model.makeWorkspace(maxTokens: 32, maxContext: 64, pool: WorkerPool(threads: 2))
+        let a = try m.model.forward(tokens: tokens, memory: m.model.makeMemory(capacity: 64), workspace: ws, logitRows: 0..<12)
+        let contiguous = Array(UnsafeBufferPointer(start: a, count: 12 * m.model.vocabularySize))
+        for storage in [KVStorage.f32, .f16] {
+            let pool = try KVBlockPool(layers: 2, rowWidth: 32, blockSize: 5, storage: storage, bytes: 1 << 20)
+            let paged = PagedKVMemory(pool: pool, capacity: 64)
+            // Feed in uneven chunks so blocks fill across calls.
+            var got: [Float] = []
+            for range in [0..<3, 3..<9, 9..<12] {
+                let p = try m.model.forward(tokens: Array(tokens[range]), memory: paged, workspace: ws, logitRows: 0..<range.count)
+                got += Array(UnsafeBufferPointer(start: p, count: range.count * m.model.vocabularySize))
+            }
+            let maxDiff = zip(got, contiguous).map { abs($0 - $1) }.max()!
+            if storage == .f32 {
+                XCTAssertEqual(maxDiff, 0, "f32 paged attention must equal the contiguous cache exactly")
+            } else {
+                XCTAssertLessThan(maxDiff, 0.02, "f16 KV storage error")
+            }
+        }
+    }
+
+    func testBatchedGreedyEqualsSolo() throws {
+        let m = try fixtureModel()
+        let e = try makeEngine(m)
+        defer { e.stop() }
+        let prompts = Self.prompts(count: 8) { i in 3 + i * 2 }
+        let solo = try prompts.map { p in try run(e, [EngineRequest(promptTokens: p, maxTokens: 12, ignoreEOS: true)])[0].tokens[0]! }
+        let batched = try run(e, prompts.map { EngineRequest(promptTokens: $0, maxTokens: 12, ignoreEOS: true) }).map { $0.tokens[0]! }
+        XCTAssertEqual(batched, solo)
+        // And both equal the single-sequence generator over the contiguous cache.
+        let gen = TextGenerator(loaded: m, contextLength: 128, threads: 1)
+        XCTAssertEqual(try gen.generate(GenerationRequest(promptTokens: prompts[3], maxTokens: 12, ignoreEOS: true)).tokens, solo[3])
+        assertAllBlocksFree(e)
+    }
+
+    func testPrefixCacheReusesBlocks() throws {
+        let m = try fixtureModel()
+        let e = try makeEngine(m)
+        defer { e.stop() }
+        let prompt: [Int32] = (0..<40).map { Int32(($0 * 7) % 300) }
+        let first = try run(e, [EngineRequest(promptTokens: prompt, maxTokens: 6, ignoreEOS: true)])[0]
+        XCTAssertEqual(first.cached, 0)
+        let second = try run(e, [EngineRequest(promptTokens: prompt, maxTokens: 6, ignoreEOS: true)])[0]
+        XCTAssertEqual(second.cached, 36, "whole blocks of the prompt minus the last token")
+        XCTAssertEqual(second.usage?.cachedPromptTokens, 36)
+        XCTAssertEqual(second.tokens[0], first.tokens[0])
+        let metrics = e.metrics()
+        XCTAssertGreaterThan(metrics.prefixCacheHits, 0)
+        // A prompt sharing only the first 10 tokens reuses 2 blocks.
+        let other = Array(prompt[0..<10]) + [5, 6, 7, 8, 9, 10]
+        XCTAssertEqual(try run(e, [EngineRequest(promptTokens: other, maxTokens: 2, ignoreEOS: true)])[0].cached, 8)
+        assertAllBlocksFree(e)
+    }
+
+    func testForkedChoicesCopyOnWrite() throws {
+        let m = try fixtureModel()
+        let e = try makeEngine(m)
+        defer { e.stop() }
+        let prompt: [Int32] = [317, 313, 11, 258, 220, 66, 265]   // 7 tokens: the last block is shared and partial
+        let c = try run(e, [EngineRequest(promptTokens: prompt, maxTokens: 10, ignoreEOS: true, n: 3)])[0]
+        XCTAssertEqual(c.tokens.count, 3)
+        XCTAssertEqual(c.tokens[0], c.tokens[1])
+        XCTAssertEqual(c.tokens[1], c.tokens[2])
+        XCTAssertEqual(c.usage?.completionTokens, 30)
+        let solo = try run(e, [EngineRequest(promptTokens: prompt, maxTokens: 10, ignoreEOS: true)])[0]
+        XCTAssertEqual(solo.tokens[0], c.tokens[0])
+        // Sampled choices differ from each other.
+        let sampled = try run(e, [EngineRequest(promptTokens: prompt, maxTokens: 10, sampling: SamplingParameters(temperature: 1.5, seed: 3), ignoreEOS: true, n: 2)])[0]
+        XCTAssertNotEqual(sampled.tokens[0], sampled.tokens[1])
+        assertAllBlocksFree(e)
+    }
+
+    func testPreemptionInTinyPoolKeepsOutputs() throws {
+        let m = try fixtureModel()
+        // 2 layers × 32 floats × 2 (K, V) × 4 tokens × 4 bytes = 2 KiB per block; 12 blocks = 48 tokens.
+        let e = try makeEngine(m, kvBytes: 12 * 2048, blockSize: 4, maxBatchTokens: 32)
+        defer { e.stop() }
+        let prompts = Self.prompts(count: 4) { _ in 8 }
+        var solo: [[Int32]] = []
+        for p in prompts { solo.append(try run(e, [EngineRequest(promptTokens: p, maxTokens: 20, ignoreEOS: true)])[0].tokens[0]!) }
+        let together = try run(e, prompts.map { EngineRequest(promptTokens: $0, maxTokens: 20, ignoreEOS: true) })
+        XCTAssertEqual(together.map { $0.tokens[0]! }, solo)
+        XCTAssertGreaterThan(e.metrics().preemptions, 0, "the pool was meant to run out")
+        assertAllBlocksFree(e)
+    }
+
+    func testCancelFreesMemoryAndQueueIsBounded() throws {
+        let m = try fixtureModel()
+        let e = try makeEngine(m, maxQueue: 2)
+        defer { e.stop() }
+        let c = EventCollector()
+        let seen = DispatchSemaphore(value: 0)
+        c.onToken = { seen.signal() }
+        let ticket = try e.submit(EngineRequest(promptTokens: [1, 2, 3], maxTokens: 100_000, ignoreEOS: true)) { c.handle($0) }
+        XCTAssertEqual(seen.wait(timeout: .now() + 10), .success)
+        ticket.cancel()
+        assertAllBlocksFree(e)
+        XCTAssertLessThan(c.tokens[0]?.count ?? 0, 1000)
+
+        // Fill the queue faster than the engine drains it.
+        var rejected = 0
+        for _ in 0..<50 {
+            do { _ = try e.submit(EngineRequest(promptTokens: [1, 2, 3], maxTokens: 50, ignoreEOS: true)) { _ in } }
+            catch EngineSubmitError.queueFull { rejected += 1 }
+        }
+        XCTAssertGreaterThan(rejected, 0)
+        XCTAssertThrowsError(try e.submit(EngineRequest(promptTokens: Array(repeating: 5, count: 200), maxTokens: 1)) { _ in })
+        assertAllBlocksFree(e)
+    }
+
+    func testEchoPromptLogprobsMatchDirectComputation() throws {
+        let m = try fixtureModel()
+        let e = try makeEngine(m)
+        defer { e.stop() }
+        let prompt: [Int32] = [317, 313, 11, 258, 220, 66]
+        let c = try run(e, [EngineRequest(promptTokens: prompt, maxTokens: 0, logprobs: 2, promptLogprobs: true)])[0]
+        XCTAssertEqual(c.promptLogprobs.count, prompt.count)
+        XCTAssertNil(c.promptLogprobs[0] as TokenLogprob?)
+        // Reference: log-softmax of the contiguous forward pass.
+        let ws = m.model.makeWorkspace(maxTokens: 16, maxContext: 16, pool: WorkerPool(threads: 1))
+        let p = try m.model.forward(tokens: prompt, memory: m.model.makeMemory(capacity: 16), workspace: ws, logitRows: 0..<prompt.count)
+        let v = m.model.vocabularySize
+        for i in 1..<prompt.count {
+            let row = Array(UnsafeBufferPointer(start: p + (i - 1) * v, count: v)).map(Double.init)
+            let mx = row.max()!
+            let lse = mx + log(row.map { exp($0 - mx) }.reduce(0, +))
+            let lp = try XCTUnwrap(c.promptLogprobs[i])
+            XCTAssertEqual(lp.token, prompt[i])
+            XCTAssertEqual(Double(lp.logprob), row[Int(prompt[i])] - lse, accuracy: 1e-3)
+            XCTAssertEqual(lp.top.count, 2)
+        }
+        XCTAssertEqual(c.usage?.completionTokens, 0)
+        assertAllBlocksFree(e)
+    }
+}
