@@ -34,13 +34,18 @@ let package = Package(
             name: "tern",
             dependencies: ["TernCore", "TernServer"]
         ),
+        // Paths and helpers the test targets share.
+        .target(
+            name: "TernTestSupport",
+            path: "Tests/TernTestSupport"
+        ),
         .testTarget(
             name: "TernCoreTests",
-            dependencies: ["TernCore", "CKernels"]
+            dependencies: ["TernCore", "CKernels", "TernTestSupport"]
         ),
         .testTarget(
             name: "TernServerTests",
-            dependencies: ["TernServer", "TernCore"]
+            dependencies: ["TernServer", "TernCore", "TernTestSupport"]
         ),
     ],
     swiftLanguageModes: [.v6]

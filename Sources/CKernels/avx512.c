@@ -1,6 +1,8 @@
 /* AVX-512 VNNI path (avx512f/bw/vl/vnni + F16C/FMA): quantized matrix-vector products built on vpdpbusd, two
    32-value blocks per 512-bit register, per-block scales computed 16 blocks at a time with gathers, and up to
-   four activation rows sharing each decoded weight register. Functions carry target attributes so the package
+   four activation rows sharing each decoded weight register. Quantized products now go to the repacking
+   kernels in avx512_gemm.c (faster even for m == 1), except Q6_K at m == 1; the row kernels here remain for
+   that case, for float weights at m == 1, and as a fallback for rows too long for 32-bit gather offsets. Functions carry target attributes so the package
    needs no global -m flags; dispatch.c only calls them after checking the CPU. */
 #include "kernels_internal.h"
 
@@ -248,6 +250,9 @@ ROW4(r_q4_k, TERN_Q4_K)
 ROW4(r_q5_k, TERN_Q5_K)
 ROW4(r_q6_k, TERN_Q6_K)
 
+#ifndef GEMM_MIN_M
+#define GEMM_MIN_M 2 /* from here on the repacking kernels win */
+#endif
 typedef void (*pairfn)(const uint8_t *, size_t, int64_t, const tern_q8_block *, float *);
 typedef void (*rowfn)(const uint8_t *, int64_t, const tern_q8_block *, int64_t, float *);
 #define FNS(NAME) { NAME##_1, NAME##_2, NAME##_3, NAME##_4 }
@@ -270,6 +275,9 @@ TGT static int v_matmul_q(int type, const void *w, size_t row_bytes, int64_t n, 
     case TERN_Q6_K: fns = q6_k; per = 8; break;
     default: return 0;
     }
+    /* The repacking kernels win even for m == 1 (decode), except for Q6_K, whose extra half-block sums cost more
+       than the repacking saves when there is one activation row. */
+    if ((m >= 2 || type != TERN_Q6_K) && tern_avx512_gemm_q(type, w, row_bytes, n, a, m, out, ldo, r0, r1)) return 1;
     int64_t nab = n / TERN_QK, nb = nab / per;
     if (m == 1 && pair) {
         /* decode: two weight rows per pass share the activation loads and scale gathers */
@@ -339,6 +347,7 @@ TGT static int v_matmul_f(int type, const void *w, size_t row_bytes, int64_t n, 
                         bf16[4] = {bf16_1, bf16_2, bf16_3, bf16_4};
     const rowffn *fns = type == TERN_F32 ? f32 : type == TERN_F16 ? f16 : type == TERN_BF16 ? bf16 : NULL;
     if (!fns) return 0;
+    if (m >= GEMM_MIN_M && tern_avx512_gemm_f(type, w, row_bytes, n, x, m, out, ldo, r0, r1)) return 1;
     int64_t chunk = m <= 4 ? r1 - r0 : (int64_t)(32768 / (row_bytes + 1)) + 1;
     for (int64_t c0 = r0; c0 < r1; c0 += chunk) {
         int64_t c1 = c0 + chunk < r1 ? c0 + chunk : r1;

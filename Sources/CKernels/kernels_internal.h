@@ -101,6 +101,11 @@ extern const tern_kernel_table tern_kernels_scalar;
 #define TERN_X86 1
 extern const tern_kernel_table tern_kernels_avx2;
 extern const tern_kernel_table tern_kernels_avx512;
+/* avx512_gemm.c: batched (m > 1) products on the AVX-512 path; 0 = type not covered there */
+int tern_avx512_gemm_q(int type, const void *w, size_t row_bytes, int64_t n, const tern_q8_block *a, int64_t m,
+                       float *out, int64_t ldo, int64_t r0, int64_t r1);
+int tern_avx512_gemm_f(int type, const void *w, size_t row_bytes, int64_t n, const float *x, int64_t m,
+                       float *out, int64_t ldo, int64_t r0, int64_t r1);
 #endif
 
 void tern_scalar_dequantize_row(int type, const void *src, float *dst, int64_t n);

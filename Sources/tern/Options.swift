@@ -10,6 +10,8 @@ struct UsageError: Error, CustomStringConvertible {
 
 struct Options {
     private var values: [String: String] = [:]
+    /// Every value of options that may repeat (e.g. --api-key), in order.
+    private var repeated: [String: [String]] = [:]
     private var flags: Set<String> = []
     private(set) var positionals: [String] = []
     private let valueNames: Set<String>
@@ -36,13 +38,16 @@ struct Options {
                         flags.insert(name)
                     }
                 } else if self.valueNames.contains(name) {
+                    let value: String
                     if let inline {
-                        values[name] = inline
+                        value = inline
                     } else {
                         guard i + 1 < args.count else { throw UsageError("--\(name) needs a value") }
-                        values[name] = args[i + 1]
+                        value = args[i + 1]
                         i += 1
                     }
+                    values[name] = value
+                    repeated[name, default: []].append(value)
                 } else {
                     throw UsageError("unknown option --\(name)")
                 }
@@ -69,6 +74,15 @@ struct Options {
         if let v = values[name] { return v }
         if let v = ProcessInfo.processInfo.environment[Self.envName(name)], !v.isEmpty { return v }
         return nil
+    }
+
+    /// All values of a repeatable option; from the environment, a comma-separated list.
+    func strings(_ name: String) -> [String] {
+        if let v = repeated[name] { return v }
+        if let v = ProcessInfo.processInfo.environment[Self.envName(name)], !v.isEmpty {
+            return v.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        }
+        return []
     }
 
     func flag(_ name: String) throws -> Bool {

@@ -22,6 +22,10 @@ let usage = """
       generate    --model PATH --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K] [--top-p P]
                   [--min-p P] [--seed S] [--repeat-penalty R] [--presence-penalty P] [--frequency-penalty F]
                   [--stop TEXT] [--chat] [--system TEXT] [--ctx-size N] [--threads N] [--ignore-eos]
+      serve       --model PATH [--host 127.0.0.1] [--port 8080] [--api-key KEY]... [--tls-cert F --tls-key F]
+                  [--max-queue N] [--ctx-size N] [--threads N] [--kv-cache-mib N] [--block-size 16]
+                  [--kv-type f16|f32] [--max-batch-tokens N] [--max-running N] [--cors-origin ORIGIN]
+                  [--served-model-name NAME] [--no-prefix-caching] [--drain-timeout S]
       tokenize    --model PATH --text TEXT [--special]
       inspect     PATH
       convert     --model IN --type T --output OUT.gguf   (T: f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1 q4_k q5_k q6_k)
@@ -195,6 +199,7 @@ do {
     case "inspect": try runInspect(rest)
     case "perplexity": try runPerplexity(rest)
     case "convert": try runConvert(rest)
+    case "serve": try runServe(rest)
     case "help", "--help", "-h": print(usage)
     default: throw UsageError("unknown command '\(command)'\n\(usage)")
     }

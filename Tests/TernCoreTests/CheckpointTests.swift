@@ -2,6 +2,7 @@
 // produced, the GGUF writer round-trips, and broken files are errors that name the file — never crashes.
 
 import Foundation
+import TernTestSupport
 import XCTest
 @testable import TernCore
 

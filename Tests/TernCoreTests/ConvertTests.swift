@@ -2,6 +2,7 @@
 // and converting an HF directory must permute Q/K so the GGUF computes the same function.
 
 import Foundation
+import TernTestSupport
 import XCTest
 @testable import TernCore
 

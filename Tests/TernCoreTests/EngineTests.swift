@@ -3,6 +3,7 @@
 // every KV block is free again once requests end.
 
 import Foundation
+import TernTestSupport
 import XCTest
 @testable import TernCore
 

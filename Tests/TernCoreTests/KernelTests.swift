@@ -151,18 +151,71 @@ final class KernelTests: XCTestCase {
         }
     }
 
+    /// Prompt-sized batches go through the repacking / tiled kernels (16-row panels, 8- and 4-row activation
+    /// tiles, 32-block weight chunks): m beyond the tile sizes with remainders, rows not a multiple of 16,
+    /// n spanning several chunks, and a row range starting mid-matrix.
+    func testBatchedPathsMatchScalar() {
+        var rng = Rng(state: 4242)
+        for (name, type) in Self.allTypes {
+            for n in [96, 256, 1536 + 256] where n % Int(tern_type_block_elements(type)) == 0 {
+                let rows = 35, maxM = 100, rb = rowBytes(type, n), ldo = rows + 3
+                let w = randomWeights(type, rows: rows, n: n, rng: &rng)
+                let x = (0..<(maxM * n)).map { _ in rng.float() }
+                var a = [tern_q8_block](repeating: tern_q8_block(), count: maxM * n / 32)
+                tern_quantize_activations(x, &a, Int64(maxM * n))
+                var deq = [[Float]]()
+                w.withUnsafeBytes { wb in for r in 0..<rows { deq.append(dequantize(type, wb.baseAddress! + r * rb, n)) } }
+                for m in [13, 32, 64, 100] {
+                    func run(_ r0: Int, _ r1: Int) -> [Float] {
+                        var out = [Float](repeating: .nan, count: m * ldo)
+                        w.withUnsafeBytes { wb in
+                            if tern_type_is_float(type) != 0 {
+                                tern_matmul_f(type, wb.baseAddress, rb, Int64(n), x, Int64(m), &out, Int64(ldo), Int64(r0), Int64(r1))
+                            } else {
+                                tern_matmul_q(type, wb.baseAddress, rb, Int64(n), a, Int64(m), &out, Int64(ldo), Int64(r0), Int64(r1))
+                            }
+                        }
+                        return out
+                    }
+                    tern_force_path(0)
+                    let ref = run(0, rows)
+                    for path in Self.paths.dropFirst() {
+                        tern_force_path(path)
+                        let got = run(0, rows), part = run(3, 30)
+                        let pname = String(cString: tern_path_name(path))
+                        for i in 0..<m {
+                            for r in 0..<rows {
+                                var mag = 0.0
+                                for j in 0..<n { mag += Double(abs(deq[r][j] * x[i * n + j])) }
+                                let g = got[i * ldo + r], e = ref[i * ldo + r]
+                                XCTAssertLessThanOrEqual(Double(abs(g - e)), 1e-4 * mag + 1e-30,
+                                    "\(name) \(pname) n=\(n) m=\(m) i=\(i) r=\(r): \(g) vs \(e)")
+                                if r >= 3 && r < 30 {
+                                    XCTAssertEqual(part[i * ldo + r].bitPattern, g.bitPattern, "\(name) \(pname) range i=\(i) r=\(r)")
+                                } else {
+                                    XCTAssertTrue(part[i * ldo + r].isNaN, "\(name) \(pname) wrote outside range: i=\(i) r=\(r)")
+                                }
+                            }
+                            XCTAssertTrue(got[i * ldo + rows].isNaN)
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Threads call with disjoint row ranges; odd starts and lengths must give the same numbers as one call.
     func testRowRangesComposeExactly() {
         var rng = Rng(state: 1234)
         for (name, type) in Self.allTypes {
             let n = 512, rows = 23
             let w = randomWeights(type, rows: rows, n: n, rng: &rng)
-            let x = (0..<(3 * n)).map { _ in rng.float() }
-            var a = [tern_q8_block](repeating: tern_q8_block(), count: 3 * n / 32)
-            tern_quantize_activations(x, &a, Int64(3 * n))
+            let x = (0..<(20 * n)).map { _ in rng.float() }
+            var a = [tern_q8_block](repeating: tern_q8_block(), count: 20 * n / 32)
+            tern_quantize_activations(x, &a, Int64(20 * n))
             for path in Self.paths {
                 tern_force_path(path)
-                for m in [1, 3] {
+                for m in [1, 3, 20] {
                     var whole = [Float](repeating: 0, count: m * rows), parts = [Float](repeating: .nan, count: m * rows)
                     w.withUnsafeBytes { wb in
                         let rb = rowBytes(type, n)

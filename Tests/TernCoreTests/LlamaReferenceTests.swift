@@ -2,6 +2,7 @@
 // (scripts/make_llama_fixtures.py) for tiny random checkpoints in every layout Tern reads.
 
 import Foundation
+import TernTestSupport
 import XCTest
 @testable import TernCore
 

@@ -2,6 +2,7 @@
 // scripts/make_smollm2_reference.py (llama-cpp-python): first-step logits, greedy continuations, perplexity.
 
 import Foundation
+import TernTestSupport
 import XCTest
 @testable import TernCore
 

@@ -1,20 +1,20 @@
-// Paths shared by the tests: the repository root, committed fixtures, the default model and the built `tern`.
+// Shared by the test targets (paths: the repository root, committed fixtures, the default model and the built `tern`), plus running a subprocess.
 
 import Foundation
 import XCTest
 
-enum TestPaths {
-    static let repoRoot: String = {
+public enum TestPaths {
+    public static let repoRoot: String = {
         URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().path
     }()
 
-    static func fixture(_ relative: String) -> String { repoRoot + "/Tests/Fixtures/" + relative }
+    public static func fixture(_ relative: String) -> String { repoRoot + "/Tests/Fixtures/" + relative }
 
-    static var defaultModel: String { repoRoot + "/models/SmolLM2-135M-Instruct.Q4_1.gguf" }
+    public static var defaultModel: String { repoRoot + "/models/SmolLM2-135M-Instruct.Q4_1.gguf" }
 
     /// The default model, or a skip when models/fetch has not been run.
-    static func requireDefaultModel() throws -> String {
+    public static func requireDefaultModel() throws -> String {
         let p = defaultModel
         guard FileManager.default.fileExists(atPath: p) else {
             throw XCTSkip("default model missing: run models/fetch")
@@ -23,7 +23,7 @@ enum TestPaths {
     }
 
     /// The `tern` executable built beside the test bundle.
-    static func ternBinary() throws -> String {
+    public static func ternBinary() throws -> String {
         var dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
         for _ in 0..<4 {
             let candidate = dir.appendingPathComponent("tern").path
@@ -37,21 +37,21 @@ enum TestPaths {
         throw XCTSkip("tern executable not built")
     }
 
-    static func temporaryDirectory() throws -> String {
+    public static func temporaryDirectory() throws -> String {
         let dir = NSTemporaryDirectory() + "tern-tests-" + UUID().uuidString
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         return dir
     }
 }
 
-struct ProcessResult {
-    var status: Int32
-    var stdout: String
-    var stderr: String
+public struct ProcessResult {
+    public var status: Int32
+    public var stdout: String
+    public var stderr: String
 }
 
 /// Runs a command to completion, capturing both streams.
-func runProcess(_ path: String, _ args: [String], environment: [String: String]? = nil,
+public func runProcess(_ path: String, _ args: [String], environment: [String: String]? = nil,
                 currentDirectory: String? = nil) throws -> ProcessResult {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: path)

@@ -1,0 +1,172 @@
+// Maps a /v1/completions or /v1/chat/completions body onto engine requests. All validation happens here, so a
+// bad request never reaches the engine: each problem is an APIError naming its parameter.
+
+import Foundation
+import TernCore
+
+struct CompletionJob {
+    enum Kind { case completion, chat }
+
+    let kind: Kind
+    /// One engine request per prompt (completions accept several prompts).
+    var requests: [EngineRequest]
+    /// Prompt texts, for `echo`.
+    var promptTexts: [String]
+    var stream: Bool
+    var includeUsage: Bool
+    var echo: Bool
+    var logprobs: Int?
+    var n: Int
+
+    static let maxN = 16
+    static let maxStops = 16
+    static let maxTopLogprobs = 20
+
+    static func parse(_ body: Data, kind: Kind, model: LoadedModel, contextLength: Int, modelName: String) throws -> CompletionJob {
+        let f = try RequestFields(body: body)
+        if let name = try f.string("model"), name != modelName {
+            throw APIError(404, "the model '\(name)' does not exist; this server serves '\(modelName)'", param: "model", code: "model_not_found")
+        }
+        var sampling = SamplingParameters(temperature: 1)
+        if let t = try f.number("temperature", { $0 >= 0 && $0 <= 100 }, "between 0 and 100") { sampling.temperature = Float(t) }
+        if let p = try f.number("top_p", { $0 > 0 && $0 <= 1 }, "in (0, 1]") { sampling.topP = Float(p) }
+        if let k = try f.int("top_k", in: -1...1_000_000) { sampling.topK = max(0, k) }
+        if let p = try f.number("min_p", { $0 >= 0 && $0 <= 1 }, "in [0, 1]") { sampling.minP = Float(p) }
+        if let p = try f.number("presence_penalty", { $0 >= -2 && $0 <= 2 }, "between -2 and 2") { sampling.presencePenalty = Float(p) }
+        if let p = try f.number("frequency_penalty", { $0 >= -2 && $0 <= 2 }, "between -2 and 2") { sampling.frequencyPenalty = Float(p) }
+        if let p = try f.number("repetition_penalty", { $0 > 0 && $0 <= 10 }, "in (0, 10]") { sampling.repetitionPenalty = Float(p) }
+        if let s = try f.int("seed") { sampling.seed = UInt64(bitPattern: Int64(s)) }
+        let n = try f.int("n", in: 1...maxN) ?? 1
+        let stream = try f.bool("stream", default: false)
+        var includeUsage = false
+        if let so = f["stream_options"] {
+            guard case .object = so else { throw APIError.invalid("stream_options", "'stream_options' must be an object") }
+            if let u = so["include_usage"] {
+                guard case .bool(let b) = u else { throw APIError.invalid("stream_options.include_usage", "'include_usage' must be a boolean") }
+                includeUsage = b
+            }
+        }
+        let stops = try f.strings("stop", max: maxStops)
+        if stops.contains(where: { $0.isEmpty }) { throw APIError.invalid("stop", "stop strings must not be empty") }
+        let ignoreEOS = try f.bool("ignore_eos", default: false)
+        _ = try f.string("user")
+
+        var logprobs: Int?
+        var echo = false
+        var prompts: [[Int32]] = []
+        var promptTexts: [String] = []
+        var maxTokens: Int?
+        switch kind {
+        case .completion:
+            if let lp = try f.int("logprobs", in: 0...maxTopLogprobs) { logprobs = lp }
+            echo = try f.bool("echo", default: false)
+            maxTokens = try f.int("max_tokens", in: 0...Int(Int32.max)) ?? 16
+            (prompts, promptTexts) = try completionPrompts(f, model: model)
+        case .chat:
+            if try f.bool("logprobs", default: false) {
+                logprobs = try f.int("top_logprobs", in: 0...maxTopLogprobs) ?? 0
+            } else if f["top_logprobs"] != nil {
+                throw APIError.invalid("top_logprobs", "'top_logprobs' needs 'logprobs': true")
+            }
+            maxTokens = try f.int("max_completion_tokens", in: 1...Int(Int32.max)) ?? f.int("max_tokens", in: 1...Int(Int32.max))
+            let tokens = try chatPrompt(f, model: model)
+            prompts = [tokens]
+            promptTexts = [""]
+        }
+        if stream && n > 1 && kind == .chat {
+            // Allowed: chunks carry the choice index.
+        }
+        var requests: [EngineRequest] = []
+        for p in prompts {
+            guard !p.isEmpty else { throw APIError.invalid(kind == .chat ? "messages" : "prompt", "the prompt is empty") }
+            guard p.count < contextLength else {
+                throw APIError.invalid(kind == .chat ? "messages" : "prompt",
+                                       "this model's context holds \(contextLength) tokens, but the prompt has \(p.count)")
+            }
+            // Output stops where the context ends (finish_reason "length").
+            let room = contextLength - p.count
+            let wanted = maxTokens ?? room
+            let stopTokens: [Int32] = []
+            requests.append(EngineRequest(promptTokens: p, maxTokens: min(wanted, room), sampling: sampling,
+                                          stopStrings: stops, stopTokens: stopTokens, ignoreEOS: ignoreEOS, n: n,
+                                          logprobs: logprobs, promptLogprobs: echo && logprobs != nil))
+        }
+        return CompletionJob(kind: kind, requests: requests, promptTexts: promptTexts, stream: stream,
+                             includeUsage: includeUsage, echo: echo, logprobs: logprobs, n: n)
+    }
+
+    /// `prompt`: a string, an array of strings, an array of token ids, or an array of such arrays.
+    static func completionPrompts(_ f: RequestFields, model: LoadedModel) throws -> ([[Int32]], [String]) {
+        guard let p = f["prompt"] else { throw APIError.invalid("prompt", "'prompt' is required") }
+        let vocab = model.model.vocabularySize
+        func ids(_ items: [JSONValue]) throws -> [Int32] {
+            try items.map {
+                guard case .int(let i) = $0 else { throw APIError.invalid("prompt", "token arrays must hold integers") }
+                guard i >= 0 && i < vocab else { throw APIError.invalid("prompt", "token id \(i) is outside the vocabulary (0..<\(vocab))") }
+                return Int32(i)
+            }
+        }
+        func textPrompt(_ s: String) -> [Int32] { model.promptTokens(text: s) }
+        switch p {
+        case .string(let s): return ([textPrompt(s)], [s])
+        case .array(let items):
+            guard !items.isEmpty else { throw APIError.invalid("prompt", "'prompt' must not be an empty array") }
+            guard items.count <= 64 else { throw APIError.invalid("prompt", "at most 64 prompts per request") }
+            if case .int = items[0] {
+                let t = try ids(items)
+                return ([t], [model.tokenizer.decode(t)])
+            }
+            var out: [[Int32]] = [], texts: [String] = []
+            for item in items {
+                switch item {
+                case .string(let s): out.append(textPrompt(s)); texts.append(s)
+                case .array(let inner):
+                    let t = try ids(inner)
+                    out.append(t)
+                    texts.append(model.tokenizer.decode(t))
+                default: throw APIError.invalid("prompt", "'prompt' must be a string, an array of strings, or token-id arrays")
+                }
+            }
+            return (out, texts)
+        default:
+            throw APIError.invalid("prompt", "'prompt' must be a string, an array of strings, or token-id arrays")
+        }
+    }
+
+    static func chatPrompt(_ f: RequestFields, model: LoadedModel) throws -> [Int32] {
+        guard let m = f["messages"] else { throw APIError.invalid("messages", "'messages' is required") }
+        guard case .array(let items) = m, !items.isEmpty else { throw APIError.invalid("messages", "'messages' must be a non-empty array") }
+        var messages: [ChatMessage] = []
+        for (i, item) in items.enumerated() {
+            guard case .object = item else { throw APIError.invalid("messages[\(i)]", "each message must be an object") }
+            guard case .string(let role)? = item["role"] else { throw APIError.invalid("messages[\(i)].role", "each message needs a string 'role'") }
+            guard ["system", "user", "assistant", "tool", "developer"].contains(role) else {
+                throw APIError.invalid("messages[\(i)].role", "unknown role '\(role)'")
+            }
+            var content = ""
+            switch item["content"] {
+            case .string(let s)?: content = s
+            case .null?, nil:
+                guard role == "assistant" else { throw APIError.invalid("messages[\(i)].content", "'content' is required") }
+            case .array(let parts)?:
+                // OpenAI content parts: only text can be served here.
+                for (j, part) in parts.enumerated() {
+                    guard case .string("text")? = part["type"], case .string(let t)? = part["text"] else {
+                        throw APIError.invalid("messages[\(i)].content[\(j)]", "only text content parts are supported")
+                    }
+                    content += t
+                }
+            default: throw APIError.invalid("messages[\(i)].content", "'content' must be a string or an array of text parts")
+            }
+            messages.append(ChatMessage(role: role == "developer" ? "system" : role, content: content))
+        }
+        guard model.chatTemplate != nil else {
+            throw APIError(400, "this model has no chat template; use /v1/completions", param: "messages")
+        }
+        do {
+            return try model.chatPromptTokens(messages: messages)
+        } catch {
+            throw APIError(400, "the chat template rejected the messages: \(error)", param: "messages")
+        }
+    }
+}

@@ -1,0 +1,197 @@
+// The OpenAI-compatible API over the engine: routing, API keys, health while loading, models, completions,
+// chat completions, tokenize/detokenize and Prometheus metrics. Handlers never block: generation results
+// flow back from the engine thread through CompletionResponder.
+
+import Foundation
+import Logging
+import TernCore
+
+public struct ServerOptions: Sendable {
+    public var apiKeys: [String] = []
+    /// The model name clients send and responses carry.
+    public var modelName: String
+    public init(modelName: String) { self.modelName = modelName }
+}
+
+public final class OpenAIServer: @unchecked Sendable {
+    // `state` changes once (loading → ready) and is read from HTTP threads: guarded by `lock`.
+    private let lock = NSLock()
+    private var engine: Engine?
+    private var loadError: String?
+    private let options: ServerOptions
+    private let logger: Logger
+    private let startTime = Date()
+    private var httpRequests = [String: Int]()
+
+    public init(options: ServerOptions, logger: Logger) {
+        self.options = options
+        self.logger = logger
+    }
+
+    public func ready(engine: Engine) {
+        lock.lock()
+        self.engine = engine
+        lock.unlock()
+    }
+
+    public func failedToLoad(_ message: String) {
+        lock.lock()
+        loadError = message
+        lock.unlock()
+    }
+
+    private var currentEngine: Engine? {
+        lock.lock()
+        defer { lock.unlock() }
+        return engine
+    }
+
+    public func handle(_ req: HTTPRequest, _ writer: HTTPResponseWriter) {
+        let started = Date()
+        let log: @Sendable (Int, Int) -> Void = { [logger] status, tokens in
+            logger.info("\(req.method) \(req.path) \(status) tokens=\(tokens) latency=\(String(format: "%.3f", Date().timeIntervalSince(started)))s")
+        }
+        do {
+            try route(req, writer, log: log)
+        } catch let e as APIError {
+            var headers: [(String, String)] = [("Content-Type", "application/json")]
+            headers += e.headers
+            writer.respond(status: e.status, headers: headers, body: e.body.encoded())
+            log(e.status, 0)
+        } catch {
+            let e = APIError(500, "internal error: \(error)")
+            writer.respond(status: 500, headers: [("Content-Type", "application/json")], body: e.body.encoded())
+            log(500, 0)
+        }
+    }
+
+    private func respondJSON(_ writer: HTTPResponseWriter, _ v: JSONValue, status: Int = 200, log: (Int, Int) -> Void) {
+        writer.respond(status: status, headers: [("Content-Type", "application/json")], body: v.encoded())
+        log(status, 0)
+    }
+
+    private func route(_ req: HTTPRequest, _ writer: HTTPResponseWriter, log: @escaping @Sendable (Int, Int) -> Void) throws {
+        let routes: [String: String] = [
+            "/health": "GET", "/metrics": "GET", "/v1/models": "GET",
+            "/v1/completions": "POST", "/v1/chat/completions": "POST", "/tokenize": "POST", "/detokenize": "POST",
+        ]
+        let path = req.path.count > 1 && req.path.hasSuffix("/") ? String(req.path.dropLast()) : req.path
+        guard let method = routes[path] else {
+            throw APIError(404, "no route for \(req.method) \(req.path)", type: "not_found_error")
+        }
+        guard req.method == method || (req.method == "HEAD" && method == "GET") else {
+            var e = APIError(405, "\(req.path) accepts \(method), not \(req.method)", type: "invalid_request_error")
+            e.headers = [("Allow", method)]
+            throw e
+        }
+        if path != "/health" && path != "/metrics" { try authorize(req) }
+
+        switch path {
+        case "/health":
+            lock.lock()
+            let (e, err) = (engine, loadError)
+            lock.unlock()
+            if let err { respondJSON(writer, ["status": "error", "message": .string(err)], status: 503, log: log) }
+            else if e == nil { respondJSON(writer, ["status": "loading"], status: 503, log: log) }
+            else { respondJSON(writer, ["status": "ok"], log: log) }
+        case "/metrics":
+            let text = PrometheusExporter.render(currentEngine?.metrics(), uptime: Date().timeIntervalSince(startTime))
+            writer.respond(status: 200, headers: [("Content-Type", "text/plain; version=0.0.4")], body: Data(text.utf8))
+            log(200, 0)
+        case "/v1/models":
+            let engine = try readyEngine()
+            let card: JSONValue = .object([
+                ("id", .string(options.modelName)), ("object", .string("model")),
+                ("created", .int(Int64(startTime.timeIntervalSince1970))), ("owned_by", .string("tern")),
+                ("max_model_len", .int(Int64(engine.configuration.contextLength))),
+            ])
+            respondJSON(writer, .object([("object", .string("list")), ("data", .array([card]))]), log: log)
+        case "/tokenize":
+            let engine = try readyEngine()
+            let f = try RequestFields(body: req.body)
+            guard let text = try f.string("prompt") ?? f.string("content") else {
+                throw APIError.invalid("prompt", "'prompt' (a string) is required")
+            }
+            let special = try f.bool("add_special_tokens", default: true)
+            let tokens = special ? engine.loaded.promptTokens(text: text) : engine.loaded.tokenizer.encode(text)
+            let ids: [JSONValue] = tokens.map { .int(Int64($0)) }
+            let body: JSONValue = .object([("tokens", .array(ids)), ("count", .int(Int64(tokens.count))),
+                                           ("max_model_len", .int(Int64(engine.configuration.contextLength)))])
+            respondJSON(writer, body, log: log)
+        case "/detokenize":
+            let engine = try readyEngine()
+            let f = try RequestFields(body: req.body)
+            guard case .array(let items)? = f["tokens"] else { throw APIError.invalid("tokens", "'tokens' (an array of integers) is required") }
+            let vocab = engine.loaded.model.vocabularySize
+            let ids: [Int32] = try items.map {
+                guard case .int(let i) = $0, i >= 0, i < vocab else { throw APIError.invalid("tokens", "token ids must be integers in 0..<\(vocab)") }
+                return Int32(i)
+            }
+            let text = engine.loaded.tokenizer.decode(ids)
+            respondJSON(writer, .object([("prompt", .string(text)), ("content", .string(text))]), log: log)
+        case "/v1/completions":
+            try complete(req, writer, kind: .completion, log: log)
+        case "/v1/chat/completions":
+            try complete(req, writer, kind: .chat, log: log)
+        default:
+            throw APIError(404, "no route for \(req.path)", type: "not_found_error")
+        }
+    }
+
+    private func readyEngine() throws -> Engine {
+        guard let e = currentEngine else {
+            var err = APIError(503, "the model is still loading", type: "server_error")
+            err.headers = [("Retry-After", "1")]
+            throw err
+        }
+        return e
+    }
+
+    /// API keys compared in constant time (no early exit on the first differing byte).
+    private func authorize(_ req: HTTPRequest) throws {
+        guard !options.apiKeys.isEmpty else { return }
+        let header = req.header("Authorization") ?? ""
+        let prefix = "Bearer "
+        let given = header.hasPrefix(prefix) ? Array(header.dropFirst(prefix.count).utf8) : []
+        var ok = false
+        for key in options.apiKeys {
+            let k = Array(key.utf8)
+            var diff = UInt8(k.count == given.count ? 0 : 1)
+            for i in 0..<k.count { diff |= k[i] ^ (i < given.count ? given[i] : 0) }
+            ok = ok || (diff == 0)
+        }
+        guard ok else {
+            throw APIError(401, "invalid or missing API key (send 'Authorization: Bearer KEY')", type: "invalid_request_error", code: "invalid_api_key")
+        }
+    }
+
+    private func complete(_ req: HTTPRequest, _ writer: HTTPResponseWriter, kind: CompletionJob.Kind,
+                          log: @escaping @Sendable (Int, Int) -> Void) throws {
+        let engine = try readyEngine()
+        let job = try CompletionJob.parse(req.body, kind: kind, model: engine.loaded,
+                                          contextLength: engine.configuration.contextLength, modelName: options.modelName)
+        let responder = CompletionResponder(job: job, writer: writer, tokenizer: engine.loaded.tokenizer,
+                                            modelName: options.modelName, onDone: log)
+        var tickets: [Engine.Ticket] = []
+        do {
+            for (p, r) in job.requests.enumerated() {
+                tickets.append(try engine.submit(r) { responder.handle(prompt: p, $0) })
+            }
+        } catch let e as EngineSubmitError {
+            for t in tickets { t.cancel() }
+            switch e {
+            case .queueFull:
+                var err = APIError(429, e.description, type: "rate_limit_error", code: "queue_full")
+                err.headers = [("Retry-After", "1")]
+                throw err
+            case .promptTooLong: throw APIError.invalid("prompt", e.description)
+            case .emptyPrompt: throw APIError.invalid("prompt", e.description)
+            case .stopped: throw APIError(503, e.description, type: "server_error")
+            }
+        }
+        responder.tickets = tickets
+        if job.stream { responder.beginStream() }
+        // A client that goes away cancels its request at the next engine step.
+        writer.onClose { responder.cancelAll() }
+    }
+}
