@@ -92,7 +92,8 @@ func runServe(_ args: [String]) throws {
     engine.start()
     engineBox.engine = engine
     api.ready(engine: engine)
-    logger.info("ready: model \(name), context \(ctx), \(engine.pool.blockCount) KV blocks of \(blockSize) tokens (\(kvType)), \(threadCount) threads")
+    let memoryNote = engine.kvPool.map { "\($0.blockCount) KV blocks of \(blockSize) tokens (\(kvType))" } ?? "recurrent state per sequence"
+    logger.info("ready: model \(name) (\(loaded.model.architecture)), context \(ctx), \(memoryNote), \(threadCount) threads")
     withExtendedLifetime(sources) { dispatchMain() }
 }
 

@@ -223,3 +223,34 @@ final class EngineTests: XCTestCase {
         assertAllBlocksFree(e)
     }
 }
+
+/// The same engine serves recurrent models: each sequence gets a fixed-size state slot instead of KV blocks.
+final class MambaEngineTests: XCTestCase {
+    func testMambaBatchedEqualsSoloAndForks() throws {
+        for file in ["mamba/mamba-f32.gguf", "mamba/mamba2-f32.gguf"] {
+            let m = try LoadedModel(path: TestPaths.fixture(file))
+            var c = EngineConfiguration(threads: 2, contextLength: 64, kvCacheBytes: 1 << 20)
+            c.maxBatchTokens = 32
+            let e = try Engine(loaded: m, configuration: c)
+            e.start()
+            defer { e.stop() }
+            XCTAssertNil(e.kvPool)
+            let prompts = EngineTests.prompts(count: 5) { i in 2 + i * 3 }
+            func run(_ reqs: [EngineRequest]) throws -> [EventCollector] {
+                let cs = reqs.map { _ in EventCollector() }
+                for (r, col) in zip(reqs, cs) { _ = try e.submit(r) { col.handle($0) } }
+                for col in cs { XCTAssertTrue(col.wait()) }
+                return cs
+            }
+            let solo = try prompts.map { try run([EngineRequest(promptTokens: $0, maxTokens: 8, ignoreEOS: true)])[0].tokens[0]! }
+            let batched = try run(prompts.map { EngineRequest(promptTokens: $0, maxTokens: 8, ignoreEOS: true) }).map { $0.tokens[0]! }
+            XCTAssertEqual(batched, solo, file)
+            let gen = TextGenerator(loaded: m, contextLength: 64, threads: 1)
+            XCTAssertEqual(try gen.generate(GenerationRequest(promptTokens: prompts[2], maxTokens: 8, ignoreEOS: true)).tokens, solo[2], file)
+            let forked = try run([EngineRequest(promptTokens: prompts[1], maxTokens: 8, ignoreEOS: true, n: 3)])[0]
+            XCTAssertEqual(forked.tokens[0], solo[1])
+            XCTAssertEqual(forked.tokens[2], solo[1])
+            XCTAssertTrue(e.waitUntilIdle(timeout: 5))
+        }
+    }
+}

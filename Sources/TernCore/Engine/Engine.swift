@@ -12,7 +12,11 @@ import Foundation
 public final class Engine: @unchecked Sendable {
     public let loaded: LoadedModel
     public let configuration: EngineConfiguration
-    public let pool: KVBlockPool
+    /// The paged KV store of transformer models; nil for recurrent models (Mamba), whose per-sequence state
+    /// has a fixed size and is allocated with the sequence.
+    public let kvPool: KVBlockPool?
+    /// The KV pool (transformers only; tests and metrics).
+    public var pool: KVBlockPool { kvPool! }
 
     private let lock = NSCondition()
     private var inbox: [RequestState] = []
@@ -40,14 +44,15 @@ public final class Engine: @unchecked Sendable {
     public init(loaded: LoadedModel, configuration: EngineConfiguration) throws {
         self.loaded = loaded
         self.configuration = configuration
-        guard let llama = loaded.llama else {
-            throw CheckpointError(file: loaded.checkpoint.path, "the batching engine serves transformer checkpoints only")
+        if let llama = loaded.llama {
+            kvPool = try KVBlockPool(layers: llama.config.layerCount, rowWidth: llama.kvDim, blockSize: configuration.blockSize,
+                                     storage: configuration.kvStorage, bytes: configuration.kvCacheBytes)
+        } else {
+            kvPool = nil
         }
-        pool = try KVBlockPool(layers: llama.config.layerCount, rowWidth: llama.kvDim, blockSize: configuration.blockSize,
-                               storage: configuration.kvStorage, bytes: configuration.kvCacheBytes)
         workspace = loaded.model.makeWorkspace(maxTokens: configuration.maxBatchTokens, maxContext: configuration.contextLength,
                                                pool: WorkerPool(threads: configuration.threads))
-        local.kvBlocksTotal = pool.blockCount
+        local.kvBlocksTotal = kvPool?.blockCount ?? 0
         sharedMetrics = local
     }
 
@@ -150,9 +155,11 @@ public final class Engine: @unchecked Sendable {
 
     private func publishMetrics() {
         local.requestsRunning = Set(running.map { $0.request.id }).count + Set(preempted.map { $0.request.id }).count
-        local.kvBlocksUsed = pool.usedBlocks
-        local.prefixCacheQueries = pool.prefixQueries
-        local.prefixCacheHits = pool.prefixHits
+        if let pool = kvPool {
+            local.kvBlocksUsed = pool.usedBlocks
+            local.prefixCacheQueries = pool.prefixQueries
+            local.prefixCacheHits = pool.prefixHits
+        }
         lock.lock()
         local.requestsWaiting = waitingCount
         sharedMetrics = local
@@ -173,7 +180,7 @@ public final class Engine: @unchecked Sendable {
         // 2. Continue chunked prefills of running sequences, then recompute preempted ones, then admit new.
         for s in running where !s.pendingPrefill.isEmpty && budget > 0 {
             let n = min(budget, s.pendingPrefill.count)
-            if (try? s.memory.reserve(n)) == nil { continue }
+            if !s.reserve(n) { continue }
             let chunk = Array(s.pendingPrefill.prefix(n))
             batch.append((s, chunk, n == s.pendingPrefill.count))
             budget -= n
@@ -183,16 +190,15 @@ public final class Engine: @unchecked Sendable {
             preempted.removeFirst()
         }
         while budget > 0, running.count < configuration.maxRunning, let r = waiting.first {
-            let s = SequenceState(request: r, choice: 0, pool: pool, contextLength: configuration.contextLength,
-                                  tokenizer: loaded.tokenizer)
-            if configuration.prefixCaching && !r.request.promptLogprobs {
+            let s = SequenceState(request: r, choice: 0, memory: makeMemory(), tokenizer: loaded.tokenizer)
+            if configuration.prefixCaching && !r.request.promptLogprobs, let paged = s.paged {
                 // Keep at least one prompt token to compute: its logits start the generation.
-                let cached = s.memory.attachCachedPrefix(r.request.promptTokens, limit: r.request.promptTokens.count - 1)
+                let cached = paged.attachCachedPrefix(r.request.promptTokens, limit: r.request.promptTokens.count - 1)
                 s.pendingPrefill = Array(r.request.promptTokens[cached...])
                 r.cachedTokens = cached
             }
             guard admit(sequence: s, budget: &budget) else {
-                s.memory.releaseAll()
+                s.release()
                 break
             }
             waiting.removeFirst()
@@ -210,7 +216,7 @@ public final class Engine: @unchecked Sendable {
                 // Nothing fits even in an empty pool: the prompt is larger than the KV store.
                 let r = waiting.removeFirst()
                 lock.lock(); waitingCount -= 1; lock.unlock()
-                r.onEvent(.failed("the prompt needs more KV cache than the server has (\(pool.blockCount * pool.blockSize) tokens)"))
+                r.onEvent(.failed("the prompt needs more KV cache than the server has (\((kvPool?.blockCount ?? 0) * (kvPool?.blockSize ?? 0)) tokens)"))
                 liveRequests[r.id] = nil
             }
             return
@@ -239,7 +245,7 @@ public final class Engine: @unchecked Sendable {
         let now = Date()
         for (k, b) in batch.enumerated() {
             let s = b.seq
-            s.memory.appendTokens(b.tokens)
+            s.paged?.appendTokens(b.tokens)
             let rows = items[k].logitRows
             if rows.count > 1 || (rows.count == 1 && !b.sample) {
                 s.collectPromptLogprobs(logits: logits + row * vocab, rows: rows, chunk: b.tokens, vocab: vocab)
@@ -261,7 +267,7 @@ public final class Engine: @unchecked Sendable {
             // n > 1: the other choices fork here, sharing the prompt's blocks, and sample from the same logits.
             if s.choice == 0 && s.request.sequences.count == 1 && s.request.request.n > 1 && s.generated.isEmpty {
                 for c in 1..<s.request.request.n {
-                    let f = SequenceState(request: s.request, choice: c, memory: s.memory.fork(), tokenizer: loaded.tokenizer)
+                    let f = SequenceState(request: s.request, choice: c, memory: s.forkMemory(), tokenizer: loaded.tokenizer)
                     f.promptDone = true
                     f.pendingPrefill = []
                     f.admission = s.admission
@@ -278,10 +284,11 @@ public final class Engine: @unchecked Sendable {
     /// Puts a new or preempted sequence into the batch with its first prefill chunk, if blocks allow.
     private func admit(sequence s: SequenceState, budget: inout Int) -> Bool {
         // Admit only when the whole remaining prompt fits in free blocks, so admission cannot thrash.
-        let need = s.memory.blocksNeeded(for: s.pendingPrefill.count + 1)
-        guard need <= pool.availableBlocks else { return false }
+        if let paged = s.paged, let pool = kvPool {
+            guard paged.blocksNeeded(for: s.pendingPrefill.count + 1) <= pool.availableBlocks else { return false }
+        }
         let n = min(budget, s.pendingPrefill.count)
-        guard (try? s.memory.reserve(n)) != nil else { return false }
+        guard s.reserve(n) else { return false }
         admissionCounter += 1
         s.admission = admissionCounter
         running.append(s)
@@ -299,7 +306,7 @@ public final class Engine: @unchecked Sendable {
                 running.removeAll { $0 === s }
                 return false
             }
-            if (try? s.memory.reserve(tokens)) != nil { return true }
+            if s.reserve(tokens) { return true }
             guard let victim = running.filter({ !$0.finished }).max(by: { $0.admission < $1.admission }) else { return false }
             preempt(victim)
             // A victim already placed in this step's batch must leave it: its blocks are gone.
@@ -308,8 +315,14 @@ public final class Engine: @unchecked Sendable {
         }
     }
 
+    /// Fresh per-sequence memory: paged KV for transformers, a recurrent state slot otherwise.
+    private func makeMemory() -> SequenceMemory {
+        if let pool = kvPool { return PagedKVMemory(pool: pool, capacity: configuration.contextLength) }
+        return loaded.model.makeMemory(capacity: configuration.contextLength)
+    }
+
     private func preempt(_ s: SequenceState) {
-        s.memory.releaseAll()
+        s.release()
         // Recompute from scratch later: the prompt plus everything generated (the last token not yet fed).
         s.pendingPrefill = s.request.request.promptTokens + s.generated
         s.promptDone = false
@@ -360,7 +373,7 @@ public final class Engine: @unchecked Sendable {
         guard !s.finished else { return }
         s.finished = true
         let tail = s.stops.stopped ? "" : s.stops.append(s.detokenizer.finish()) + s.stops.finish()
-        s.memory.releaseAll()
+        s.release()
         let r = s.request
         r.onEvent(.finished(choice: s.choice, reason: reason, text: tail))
         r.finishedChoices += 1
@@ -371,7 +384,7 @@ public final class Engine: @unchecked Sendable {
             local.requestLatency.observe(now.timeIntervalSince(r.submittedAt))
             local.requestsFinished += 1
             liveRequests[r.id] = nil
-            for other in r.sequences where !other.finished { other.finished = true; other.memory.releaseAll() }
+            for other in r.sequences where !other.finished { other.finished = true; other.release() }
         }
     }
 
@@ -383,7 +396,7 @@ public final class Engine: @unchecked Sendable {
         }
         for s in r.sequences {
             s.finished = true
-            s.memory.releaseAll()
+            s.release()
         }
         running.removeAll { $0.request === r }
         preempted.removeAll { $0.request === r }
@@ -413,7 +426,9 @@ final class RequestState {
 final class SequenceState {
     unowned let request: RequestState
     let choice: Int
-    let memory: PagedKVMemory
+    private(set) var memory: SequenceMemory
+    /// The same memory when it is paged KV (prefix cache, copy-on-write forks, block accounting).
+    var paged: PagedKVMemory? { memory as? PagedKVMemory }
     var sampler: Sampler
     var detokenizer: StreamingDetokenizer
     var stops: StopMatcher
@@ -437,11 +452,7 @@ final class SequenceState {
 
     deinit { scratch?.deallocate() }
 
-    convenience init(request: RequestState, choice: Int, pool: KVBlockPool, contextLength: Int, tokenizer: Tokenizer) {
-        self.init(request: request, choice: choice, memory: PagedKVMemory(pool: pool, capacity: contextLength), tokenizer: tokenizer)
-    }
-
-    init(request: RequestState, choice: Int, memory: PagedKVMemory, tokenizer: Tokenizer) {
+    init(request: RequestState, choice: Int, memory: SequenceMemory, tokenizer: Tokenizer) {
         self.request = request
         self.choice = choice
         self.memory = memory
@@ -451,6 +462,24 @@ final class SequenceState {
         detokenizer = StreamingDetokenizer(tokenizer: tokenizer)
         stops = StopMatcher(stops: request.request.stopStrings)
         pendingPrefill = request.request.promptTokens
+    }
+
+    /// Makes room for `n` more tokens: KV blocks for paged memory, a capacity check for recurrent state.
+    func reserve(_ n: Int) -> Bool {
+        if let paged { return (try? paged.reserve(n)) != nil }
+        return memory.count + n <= memory.capacity
+    }
+
+    /// Gives the memory back: KV blocks to the pool; a recurrent state starts over.
+    func release() {
+        if let paged { paged.releaseAll() } else { _ = memory.rollback(to: 0) }
+    }
+
+    /// Memory for a sibling choice that continues from this sequence's current state.
+    func forkMemory() -> SequenceMemory {
+        if let paged { return paged.fork() }
+        if let state = memory as? MambaState { return state.duplicate() }
+        preconditionFailure("this memory cannot be forked")
     }
 
     /// Logprobs of the prompt's next tokens from the rows of one prefill chunk.

@@ -66,6 +66,40 @@ public enum Linear {
     }
 }
 
+extension Linear {
+    /// Several matrices reading the same input (Q/K/V, gate/up) in one pass of the pool: their rows are laid
+    /// end to end and split evenly between threads, so a decode step wakes the threads once instead of once
+    /// per matrix.
+    public static func applyMany(_ targets: [(weight: WeightTensor, output: UnsafeMutablePointer<Float>)],
+                                 input x: UnsafePointer<Float>, rows m: Int, quantized qa: QuantizedActivations,
+                                 pool: WorkerPool) {
+        var starts: [Int] = []
+        var total = 0
+        for t in targets {
+            starts.append(total)
+            total += t.weight.rows
+            if !t.weight.type.isFloat {
+                precondition(qa.rows == m && qa.columns == t.weight.columns, "activations were not quantized for \(t.weight.name)")
+            }
+        }
+        let a = UnsafePointer(qa.blocks)
+        pool.parallelFor(total, granule: 16) { range in
+            for (i, t) in targets.enumerated() {
+                let w = t.weight
+                let lo = max(range.lowerBound, starts[i]) - starts[i]
+                let hi = min(range.upperBound, starts[i] + w.rows) - starts[i]
+                guard lo < hi else { continue }
+                let type = Int32(w.type.rawValue)
+                if w.type.isFloat {
+                    tern_matmul_f(type, w.data, w.rowBytes, Int64(w.columns), x, Int64(m), t.output, Int64(w.rows), Int64(lo), Int64(hi))
+                } else {
+                    tern_matmul_q(type, w.data, w.rowBytes, Int64(w.columns), a, Int64(m), t.output, Int64(w.rows), Int64(lo), Int64(hi))
+                }
+            }
+        }
+    }
+}
+
 public enum VectorOps {
     /// y = x / sqrt(mean(x²) + eps) ⊙ weight, for `rows` rows of `n`.
     @inlinable

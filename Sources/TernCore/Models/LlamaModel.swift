@@ -177,9 +177,7 @@ public final class LlamaModel: LanguageModel {
         for (li, layer) in layers.enumerated() {
             layer.attnNorm.withUnsafeBufferPointer { VectorOps.rmsNorm(x, weight: $0.baseAddress!, eps: cfg.rmsEpsilon, rows: m, n: dim, output: xn) }
             qa.quantize(xn, rows: m, columns: dim, pool: pool)
-            Linear.apply(layer.wq, input: xn, rows: m, quantized: qa, output: q, pool: pool)
-            Linear.apply(layer.wk, input: xn, rows: m, quantized: qa, output: k, pool: pool)
-            Linear.apply(layer.wv, input: xn, rows: m, quantized: qa, output: v, pool: pool)
+            Linear.applyMany([(layer.wq, q), (layer.wk, k), (layer.wv, v)], input: xn, rows: m, quantized: qa, pool: pool)
             if let b = layer.bq { addBias(q, b, rows: m) }
             if let b = layer.bk { addBias(k, b, rows: m) }
             if let b = layer.bv { addBias(v, b, rows: m) }
@@ -197,8 +195,7 @@ public final class LlamaModel: LanguageModel {
 
             layer.ffnNorm.withUnsafeBufferPointer { VectorOps.rmsNorm(x, weight: $0.baseAddress!, eps: cfg.rmsEpsilon, rows: m, n: dim, output: xn) }
             qa.quantize(xn, rows: m, columns: dim, pool: pool)
-            Linear.apply(layer.gate, input: xn, rows: m, quantized: qa, output: gate, pool: pool)
-            Linear.apply(layer.up, input: xn, rows: m, quantized: qa, output: up, pool: pool)
+            Linear.applyMany([(layer.gate, gate), (layer.up, up)], input: xn, rows: m, quantized: qa, pool: pool)
             VectorOps.swiglu(gate: gate, up: up, count: m * cfg.feedForwardLength)
             qa.quantize(gate, rows: m, columns: cfg.feedForwardLength, pool: pool)
             Linear.apply(layer.down, input: gate, rows: m, quantized: qa, output: tmp, pool: pool)

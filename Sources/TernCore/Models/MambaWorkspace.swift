@@ -25,6 +25,21 @@ public final class MambaState: SequenceMemory {
         reset()
     }
 
+    private init(copying other: MambaState) {
+        capacity = other.capacity
+        layerCount = other.layerCount
+        convStride = other.convStride
+        ssmStride = other.ssmStride
+        conv = .allocate(capacity: max(1, layerCount * convStride))
+        ssm = .allocate(capacity: max(1, layerCount * ssmStride))
+        conv.initialize(from: other.conv, count: max(1, layerCount * convStride))
+        ssm.initialize(from: other.ssm, count: max(1, layerCount * ssmStride))
+        count = other.count
+    }
+
+    /// An independent copy (n > 1 choices continue from one prompt's state).
+    public func duplicate() -> MambaState { MambaState(copying: self) }
+
     deinit {
         conv.deallocate()
         ssm.deallocate()

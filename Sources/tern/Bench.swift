@@ -1,0 +1,122 @@
+// `tern bench`: llama-bench-style throughput of the forward pass — prompt processing (one batch of
+// --prompt-tokens) and generation (--gen-tokens single-token steps from an empty context) — plus the
+// machine's measured memory read bandwidth, the weight bytes one token reads, and the share of the
+// bandwidth ceiling (bandwidth / bytes per token) that generation reaches.
+
+import CKernels
+import Foundation
+import TernCore
+
+func runBench(_ args: [String]) throws {
+    let o = try Options(args, values: ["model", "threads", "prompt-tokens", "gen-tokens", "repetitions", "seed"], flags: ["json"])
+    let path = modelPath(o)
+    let threadCount = try threads(o)
+    let promptTokens = try o.int("prompt-tokens", default: 128, min: 0)!
+    let genTokens = try o.int("gen-tokens", default: 128, min: 0)!
+    let reps = try o.int("repetitions", default: 3, min: 1)!
+    let json = try o.flag("json")
+    var rng = RandomStream(seed: UInt64(try o.int("seed", default: 42, min: 0)!))
+
+    let loaded = try LoadedModel(path: path)
+    let model = loaded.model
+    let pool = WorkerPool(threads: threadCount)
+    let context = promptTokens + genTokens + 1
+    let workspace = model.makeWorkspace(maxTokens: max(promptTokens, 1), maxContext: context, pool: pool)
+    let vocab = model.vocabularySize
+    func randomTokens(_ n: Int) -> [Int32] { (0..<n).map { _ in Int32(rng.next() % UInt64(vocab)) } }
+
+    // Prompt processing: one forward pass over the whole prompt, logits for its last token.
+    var pp: [Double] = []
+    if promptTokens > 0 {
+        for rep in 0...reps {
+            let memory = model.makeMemory(capacity: context)
+            let tokens = randomTokens(promptTokens)
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            _ = try model.forward(tokens: tokens, memory: memory, workspace: workspace, logitRows: (promptTokens - 1)..<promptTokens)
+            let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+            if rep > 0 { pp.append(Double(promptTokens) / dt) }   // the first run warms caches and page tables
+        }
+    }
+    // Generation: token by token from an empty context, greedy.
+    var tg: [Double] = []
+    if genTokens > 0 {
+        for rep in 0...reps {
+            let memory = model.makeMemory(capacity: context)
+            var token = randomTokens(1)[0]
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            for _ in 0..<genTokens {
+                let logits = try model.forward(tokens: [token], memory: memory, workspace: workspace, logitRows: 0..<1)
+                token = Sampler.argmax(logits, vocab)
+            }
+            let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+            if rep > 0 { tg.append(Double(genTokens) / dt) }
+        }
+    }
+    let bandwidth = measureReadBandwidth(pool: pool)
+    let bytesPerToken = Double(model.weightBytesPerToken)
+    let ceiling = bandwidth / bytesPerToken
+    let (ppMean, ppStd) = meanStd(pp)
+    let (tgMean, tgStd) = meanStd(tg)
+    let resolved = (loaded.checkpoint.path as NSString).resolvingSymlinksInPath
+    let fileSize = ((try? FileManager.default.attributesOfItem(atPath: resolved))?[.size] as? NSNumber)?.doubleValue ?? 0
+
+    do {
+        print("model: \(path) (\(model.architecture), \(String(format: "%.1f", fileSize / 1_048_576)) MiB)")
+        print("threads: \(threadCount), kernels: \(String(cString: tern_path_name(tern_active_path())))")
+        print(String(format: "pp%-5d %10.1f ± %.1f tokens/s", promptTokens, ppMean, ppStd))
+        print(String(format: "tg%-5d %10.1f ± %.1f tokens/s", genTokens, tgMean, tgStd))
+        print(String(format: "weights read per token: %.1f MiB", bytesPerToken / 1_048_576))
+        print(String(format: "measured read bandwidth: %.1f GB/s (%d threads)", bandwidth / 1e9, threadCount))
+        print(String(format: "bandwidth ceiling: %.1f tokens/s; generation reaches %.1f%% of it", ceiling, tgMean / ceiling * 100))
+    }
+    if json {
+        let fields: [(String, String)] = [
+            ("model", "\"\(path.replacingOccurrences(of: "\"", with: "\\\""))\""),
+            ("threads", "\(threadCount)"),
+            ("prompt_tokens", "\(promptTokens)"), ("gen_tokens", "\(genTokens)"), ("repetitions", "\(reps)"),
+            ("pp_tokens_per_s", String(format: "%.2f", ppMean)), ("pp_stddev", String(format: "%.2f", ppStd)),
+            ("tg_tokens_per_s", String(format: "%.2f", tgMean)), ("tg_stddev", String(format: "%.2f", tgStd)),
+            ("weight_bytes_per_token", "\(Int(bytesPerToken))"),
+            ("read_bandwidth_gb_per_s", String(format: "%.2f", bandwidth / 1e9)),
+            ("bandwidth_ceiling_tokens_per_s", String(format: "%.2f", ceiling)),
+            ("ceiling_fraction", String(format: "%.4f", tgMean / ceiling)),
+            ("kernels", "\"\(String(cString: tern_path_name(tern_active_path())))\""),
+        ]
+        print("{" + fields.map { "\"\($0.0)\":\($0.1)" }.joined(separator: ",") + "}")
+    }
+}
+
+func meanStd(_ xs: [Double]) -> (Double, Double) {
+    guard !xs.isEmpty else { return (0, 0) }
+    let mean = xs.reduce(0, +) / Double(xs.count)
+    let variance = xs.count > 1 ? xs.reduce(0) { $0 + ($1 - mean) * ($1 - mean) } / Double(xs.count - 1) : 0
+    return (mean, variance.squareRoot())
+}
+
+/// Read bandwidth with the pool's threads streaming disjoint halves of a 512 MiB buffer; best of 5.
+func measureReadBandwidth(pool: WorkerPool) -> Double {
+    let count = 128 << 20   // floats
+    let buffer = UnsafeMutablePointer<Float>.allocate(capacity: count)
+    defer { buffer.deallocate() }
+    pool.parallelFor(count, granule: 1 << 16) { r in (buffer + r.lowerBound).initialize(repeating: 1, count: r.count) }
+    var best = 0.0
+    let sink = UnsafeMutablePointer<Float>.allocate(capacity: pool.threadCount)
+    defer { sink.deallocate() }
+    for _ in 0..<5 {
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        pool.run { t in
+            let lo = count * t / pool.threadCount, hi = count * (t + 1) / pool.threadCount
+            var acc: Float = 0
+            var i = lo
+            while i < hi {
+                let n = min(1 << 16, hi - i)
+                acc += tern_dot_f32(buffer + i, buffer + i, Int64(n))
+                i += n
+            }
+            sink[t] = acc
+        }
+        let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+        best = max(best, Double(count * 4) / dt)
+    }
+    return best
+}
