@@ -1,5 +1,6 @@
 // `tern bench`: llama-bench-style throughput of the forward pass — prompt processing (one batch of
-// --prompt-tokens) and generation (--gen-tokens single-token steps from an empty context) — plus the
+// --prompt-tokens) and generation (--gen-tokens single-token steps, from an empty context or after --depth
+// tokens, for one sequence or --batch sequences decoding together) — plus the
 // machine's measured memory read bandwidth, the weight bytes one token reads, and the share of the
 // bandwidth ceiling (bandwidth / bytes per token) that generation reaches.
 
@@ -8,20 +9,24 @@ import Foundation
 import TernCore
 
 func runBench(_ args: [String]) throws {
-    let o = try Options(args, values: ["model", "threads", "prompt-tokens", "gen-tokens", "repetitions", "seed"], flags: ["json"])
+    let o = try Options(args, values: ["model", "threads", "prompt-tokens", "gen-tokens", "repetitions", "seed", "batch", "depth"],
+                        flags: ["json"])
     let path = modelPath(o)
     let threadCount = try threads(o)
     let promptTokens = try o.int("prompt-tokens", default: 128, min: 0)!
     let genTokens = try o.int("gen-tokens", default: 128, min: 0)!
     let reps = try o.int("repetitions", default: 3, min: 1)!
     let json = try o.flag("json")
+    // Generation measured with `batch` sequences decoding together, each after `depth` tokens of context.
+    let batch = try o.int("batch", default: 1, min: 1)!
+    let depth = try o.int("depth", default: 0, min: 0)!
     var rng = RandomStream(seed: UInt64(try o.int("seed", default: 42, min: 0)!))
 
     let loaded = try LoadedModel(path: path)
     let model = loaded.model
     let pool = WorkerPool(threads: threadCount)
-    let context = promptTokens + genTokens + 1
-    let workspace = model.makeWorkspace(maxTokens: max(promptTokens, 1), maxContext: context, pool: pool)
+    let context = max(promptTokens, depth) + genTokens + 1
+    let workspace = model.makeWorkspace(maxTokens: max(promptTokens, batch, min(depth, 512), 1), maxContext: context, pool: pool)
     let vocab = model.vocabularySize
     func randomTokens(_ n: Int) -> [Int32] { (0..<n).map { _ in Int32(rng.next() % UInt64(vocab)) } }
 
@@ -37,19 +42,29 @@ func runBench(_ args: [String]) throws {
             if rep > 0 { pp.append(Double(promptTokens) / dt) }   // the first run warms caches and page tables
         }
     }
-    // Generation: token by token from an empty context, greedy.
+    // Generation: token by token (each of `batch` sequences one token per step), greedy, after `depth`
+    // tokens of context; tokens/s counts every sequence's tokens.
     var tg: [Double] = []
     if genTokens > 0 {
         for rep in 0...reps {
-            let memory = model.makeMemory(capacity: context)
-            var token = randomTokens(1)[0]
+            let memories = (0..<batch).map { _ in model.makeMemory(capacity: context) }
+            for m in memories where depth > 0 {
+                var filled = 0
+                while filled < depth {
+                    let n = min(depth - filled, workspace.maxTokens)
+                    _ = try model.forward(tokens: randomTokens(n), memory: m, workspace: workspace, logitRows: 0..<0)
+                    filled += n
+                }
+            }
+            var tokens = randomTokens(batch)
             let t0 = DispatchTime.now().uptimeNanoseconds
             for _ in 0..<genTokens {
-                let logits = try model.forward(tokens: [token], memory: memory, workspace: workspace, logitRows: 0..<1)
-                token = Sampler.argmax(logits, vocab)
+                let items = (0..<batch).map { ForwardItem(tokens: [tokens[$0]], memory: memories[$0], logitRows: 0..<1) }
+                let logits = try model.forward(items, workspace: workspace)
+                for b in 0..<batch { tokens[b] = Sampler.argmax(logits + b * vocab, vocab) }
             }
             let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
-            if rep > 0 { tg.append(Double(genTokens) / dt) }
+            if rep > 0 { tg.append(Double(genTokens * batch) / dt) }
         }
     }
     let bandwidth = measureReadBandwidth(pool: pool)
@@ -64,7 +79,8 @@ func runBench(_ args: [String]) throws {
         print("model: \(path) (\(model.architecture), \(String(format: "%.1f", fileSize / 1_048_576)) MiB)")
         print("threads: \(threadCount), kernels: \(String(cString: tern_path_name(tern_active_path())))")
         print(String(format: "pp%-5d %10.1f ± %.1f tokens/s", promptTokens, ppMean, ppStd))
-        print(String(format: "tg%-5d %10.1f ± %.1f tokens/s", genTokens, tgMean, tgStd))
+        let shape = (batch > 1 ? " × \(batch) sequences" : "") + (depth > 0 ? " at depth \(depth)" : "")
+        print(String(format: "tg%-5d %10.1f ± %.1f tokens/s", genTokens, tgMean, tgStd) + shape)
         print(String(format: "weights read per token: %.1f MiB", bytesPerToken / 1_048_576))
         print(String(format: "measured read bandwidth: %.1f GB/s (%d threads)", bandwidth / 1e9, threadCount))
         print(String(format: "bandwidth ceiling: %.1f tokens/s; generation reaches %.1f%% of it", ceiling, tgMean / ceiling * 100))
@@ -74,6 +90,7 @@ func runBench(_ args: [String]) throws {
             ("model", "\"\(path.replacingOccurrences(of: "\"", with: "\\\""))\""),
             ("threads", "\(threadCount)"),
             ("prompt_tokens", "\(promptTokens)"), ("gen_tokens", "\(genTokens)"), ("repetitions", "\(reps)"),
+            ("batch", "\(batch)"), ("depth", "\(depth)"),
             ("pp_tokens_per_s", String(format: "%.2f", ppMean)), ("pp_stddev", String(format: "%.2f", ppStd)),
             ("tg_tokens_per_s", String(format: "%.2f", tgMean)), ("tg_stddev", String(format: "%.2f", tgStd)),
             ("weight_bytes_per_token", "\(Int(bytesPerToken))"),

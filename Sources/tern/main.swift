@@ -26,8 +26,12 @@ let usage = """
                   [--max-queue N] [--ctx-size N] [--threads N] [--kv-cache-mib N] [--block-size 16]
                   [--kv-type f16|f32] [--max-batch-tokens N] [--max-running N] [--cors-origin ORIGIN]
                   [--served-model-name NAME] [--no-prefix-caching] [--drain-timeout S]
+      bench-serve [--url http://127.0.0.1:8080] [--concurrency N | --request-rate R] [--num-requests 64] [--prompt-tokens 128]
+                  [--output-tokens 128] [--shared-prefix-tokens 0] [--duration-limit 300] [--model NAME] [--api-key KEY] [--seed 0] [--json]
       tokenize    --model PATH --text TEXT [--special]
       inspect     PATH
+      bench       --model PATH [--threads N] [--prompt-tokens 128] [--gen-tokens 128] [--repetitions 3] [--json]
+                  [--batch B] [--depth D]
       convert     --model IN --type T --output OUT.gguf   (T: f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1 q4_k q5_k q6_k)
       perplexity  --model PATH --file TEXT_FILE [--context 512] [--chunks N] [--threads N]
 
@@ -200,6 +204,8 @@ do {
     case "perplexity": try runPerplexity(rest)
     case "convert": try runConvert(rest)
     case "serve": try runServe(rest)
+    case "bench-serve": try runBenchServe(rest)
+    case "bench": try runBench(rest)
     case "help", "--help", "-h": print(usage)
     default: throw UsageError("unknown command '\(command)'\n\(usage)")
     }

@@ -211,6 +211,9 @@ final class APITests: XCTestCase {
         XCTAssertEqual((many["usage"] as? [String: Any])?["completion_tokens"] as? Int, 12)
         let ids = try post("/v1/completions", #"{"prompt":[317,313,11],"max_tokens":2,"temperature":0,"ignore_eos":true}"#)
         XCTAssertEqual(ids.status, 200, ids.text)
+        // A long token-id prompt is one prompt, not many.
+        let longIDs = (0..<100).map { String(($0 * 7) % 300) }.joined(separator: ",")
+        XCTAssertEqual(try post("/v1/completions", #"{"prompt":[\#(longIDs)],"max_tokens":1}"#).status, 200)
         let idLists = try post("/v1/completions", #"{"prompt":[[317,313],[11,258]],"max_tokens":2,"ignore_eos":true}"#)
         XCTAssertEqual((try idLists.json()["choices"] as? [[String: Any]])?.count, 2)
     }
@@ -370,6 +373,7 @@ final class APITests: XCTestCase {
         }
         let path = NSTemporaryDirectory() + "/no-template-\(UUID().uuidString).gguf"
         try w.write(to: path)
+        defer { try? FileManager.default.removeItem(atPath: path) }
         let s = try TestServer(model: path)
         defer { s.stop() }
         let r = try RawClient.request(s.port, "POST", "/v1/chat/completions", #"{"messages":[{"role":"user","content":"hi"}]}"#)

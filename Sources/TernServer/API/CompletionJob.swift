@@ -111,11 +111,11 @@ struct CompletionJob {
         case .string(let s): return ([textPrompt(s)], [s])
         case .array(let items):
             guard !items.isEmpty else { throw APIError.invalid("prompt", "'prompt' must not be an empty array") }
-            guard items.count <= 64 else { throw APIError.invalid("prompt", "at most 64 prompts per request") }
             if case .int = items[0] {
                 let t = try ids(items)
                 return ([t], [model.tokenizer.decode(t)])
             }
+            guard items.count <= 64 else { throw APIError.invalid("prompt", "at most 64 prompts per request") }
             var out: [[Int32]] = [], texts: [String] = []
             for item in items {
                 switch item {
