@@ -32,7 +32,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "tern",
-            dependencies: ["TernCore", "TernServer"]
+            dependencies: ["TernCore", "TernServer", "CKernels"]
         ),
         // Paths and helpers the test targets share.
         .target(

@@ -277,7 +277,7 @@ TGT static int v_matmul_q(int type, const void *w, size_t row_bytes, int64_t n, 
     }
     /* The repacking kernels win even for m == 1 (decode), except for Q6_K, whose extra half-block sums cost more
        than the repacking saves when there is one activation row. */
-    if ((m >= 2 || (type != TERN_Q6_K && type != TERN_Q8_0)) && tern_avx512_gemm_q(type, w, row_bytes, n, a, m, out, ldo, r0, r1)) return 1;
+    if ((m >= 2 || type != TERN_Q6_K) && tern_avx512_gemm_q(type, w, row_bytes, n, a, m, out, ldo, r0, r1)) return 1;
     int64_t nab = n / TERN_QK, nb = nab / per;
     if (m == 1 && pair) {
         /* decode: two weight rows per pass share the activation loads and scale gathers */

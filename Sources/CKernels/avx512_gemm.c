@@ -186,6 +186,13 @@ typedef void (*qtilefn)(const pblock *, int, const tern_q8_block *, int64_t, flo
 QT(1) QT(2) QT(3) QT(4) QT(5) QT(6) QT(7) QT(8)
 static const qtilefn qtiles[8] = {qtile_1, qtile_2, qtile_3, qtile_4, qtile_5, qtile_6, qtile_7, qtile_8};
 
+/* avx512_packed.c expands load-time packed panels into pblocks for m > 8 and shares these tiles */
+_Static_assert(sizeof(pblock) == TERN_PBLOCK_BYTES, "pblock layout shared with avx512_packed.c");
+TGT void tern_avx512_qtile(int mt, const void *buf, int nbk, const tern_q8_block *a, int64_t astride, float *out,
+                           int64_t ldo, unsigned rows, int first) {
+    qtiles[mt - 1]((const pblock *)buf, nbk, a, astride, out, ldo, (__mmask16)rows, first);
+}
+
 #define RP(NAME, TYPE) TGT static void NAME(const uint8_t *p, size_t rb, __mmask16 rows, int64_t b0, int nbk, pblock *buf) { \
         repack(TYPE, p, rb, rows, b0, nbk, buf); }
 RP(rp_q4_0, TERN_Q4_0) RP(rp_q4_1, TERN_Q4_1) RP(rp_q5_0, TERN_Q5_0) RP(rp_q5_1, TERN_Q5_1) RP(rp_q8_0, TERN_Q8_0)

@@ -106,7 +106,33 @@ int tern_avx512_gemm_q(int type, const void *w, size_t row_bytes, int64_t n, con
                        float *out, int64_t ldo, int64_t r0, int64_t r1);
 int tern_avx512_gemm_f(int type, const void *w, size_t row_bytes, int64_t n, const float *x, int64_t m,
                        float *out, int64_t ldo, int64_t r0, int64_t r1);
+/* avx512_gemm.c's tile over 16-row blocks in register form (TERN_PBLOCK_BYTES each: 8 x 64 B unsigned weights
+   (lane r = 4 consecutive values of row r), 16 floats d, 16 floats o); mt = 1..8 activation rows */
+#define TERN_PBLOCK_BYTES 640
+void tern_avx512_qtile(int mt, const void *buf, int nbk, const tern_q8_block *a, int64_t astride, float *out,
+                       int64_t ldo, unsigned rows, int first);
+/* avx512_packed.c: products over load-time packed panels (packed.c owns the layout); 0 = type not covered */
+int tern_avx512_matmul_packed(int type, const void *packed, int64_t rows, int64_t n, const tern_q8_block *a,
+                              int64_t m, float *out, int64_t ldo, int64_t r0, int64_t r1);
 #endif
+/* Packed layout (packed.c): bytes per 32-value block of a 16-row panel in the weight area (wb) and the scale
+   area (sb); 0 = type has no packed form. */
+static inline int tern_packed_block_geometry(int type, size_t *wb, size_t *sb) {
+    switch (type) {
+    case TERN_Q4_0: *wb = 256; *sb = 32; return 1;
+    case TERN_Q4_1: *wb = 256; *sb = 64; return 1;
+    case TERN_Q5_0: *wb = 320; *sb = 32; return 1;
+    case TERN_Q5_1: *wb = 320; *sb = 64; return 1;
+    case TERN_Q8_0: *wb = 512; *sb = 32; return 1;
+    case TERN_Q4_K: *wb = 256; *sb = 40; return 1; /* per super-block: 2048 + 320 */
+    case TERN_Q5_K: *wb = 320; *sb = 40; return 1; /* 2048 + 512 + 320 */
+    case TERN_Q6_K: *wb = 384; *sb = 36; return 1; /* 3072 + 288 */
+    default: *wb = *sb = 0; return 0;
+    }
+}
+/* packed.c: byte size of one 16-row panel of the packed layout (0 = type not packable) and the offset of its
+   scale area */
+size_t tern_packed_panel_bytes(int type, int64_t n, size_t *scale_offset);
 
 void tern_scalar_dequantize_row(int type, const void *src, float *dst, int64_t n);
 

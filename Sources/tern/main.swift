@@ -3,6 +3,7 @@
 // stderr and a non-zero exit.
 
 import Foundation
+import CKernels
 import TernCore
 
 let defaultModelPath = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -188,6 +189,16 @@ func runConvert(_ args: [String]) throws {
     for f in summary.fallbacks { info("  \(f) (rows do not split into \(type) blocks)") }
     info(String(format: "wrote %@: %d tensors, %.1f MiB of tensor data, in %.1f s", output, summary.tensors,
                 Double(summary.bytes) / 1_048_576, Date().timeIntervalSince(start)))
+}
+
+// TERN_KERNELS=scalar|avx2|avx512 pins the kernel path (for comparisons; the default is the best the CPU has).
+if let pin = ProcessInfo.processInfo.environment["TERN_KERNELS"] {
+    let paths = ["scalar": 0, "avx2": 1, "avx512": 2]
+    guard let p = paths[pin] else {
+        printError("TERN_KERNELS must be scalar, avx2 or avx512, got '\(pin)'")
+        exit(2)
+    }
+    tern_force_path(Int32(p))
 }
 
 let arguments = Array(CommandLine.arguments.dropFirst())

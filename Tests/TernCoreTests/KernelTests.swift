@@ -204,6 +204,92 @@ final class KernelTests: XCTestCase {
         }
     }
 
+    // MARK: load-time packed weights
+
+    static let packedTypes: [(name: String, id: Int32)] = [
+        ("q4_0", Int32(TERN_Q4_0)), ("q4_1", Int32(TERN_Q4_1)), ("q5_0", Int32(TERN_Q5_0)), ("q5_1", Int32(TERN_Q5_1)),
+        ("q8_0", Int32(TERN_Q8_0)), ("q4_k", Int32(TERN_Q4_K)), ("q5_k", Int32(TERN_Q5_K)), ("q6_k", Int32(TERN_Q6_K)),
+    ]
+
+    /// Packed weights give tern_matmul_q's numbers (bit for bit on the AVX-512 path, whose batched tiles they
+    /// mirror, except Q6_K at m = 1 where tern_matmul_q uses row kernels; within 1e-4 for the portable reader of the
+    /// layout on other paths), for row ranges as threads split them; packing by ranges equals packing whole;
+    /// types without a packed form report size 0.
+    func testPackedMatchesUnpacked() {
+        tern_force_path(-1)
+        for (name, type) in Self.allTypes where !Self.packedTypes.contains(where: { $0.id == type }) {
+            XCTAssertEqual(tern_packed_size(type, 64, 512), 0, "\(name) has no packed form")
+        }
+        guard tern_best_path() >= Int32(TERN_PATH_AVX512) else {
+            for (name, type) in Self.packedTypes { XCTAssertEqual(tern_packed_size(type, 64, 512), 0, name) }
+            return
+        }
+        XCTAssertEqual(Int32(TERN_PACK_ROWS), 16)
+        var rng = Rng(state: 777)
+        let maxM = 64
+        for (name, type) in Self.packedTypes {
+            let small = [32, 96, 256, 576, 1792]
+            for (rows, ns) in [(16, small), (35, small), (67, small), (1040, [512])] {
+                for n in ns where n % Int(tern_type_block_elements(type)) == 0 {
+                    tern_force_path(-1)
+                    let rb = rowBytes(type, n), ldo = rows + 3
+                    let w = randomWeights(type, rows: rows, n: n, rng: &rng)
+                    let x = (0..<(maxM * n)).map { _ in rng.float() }
+                    var a = [tern_q8_block](repeating: tern_q8_block(), count: maxM * n / 32)
+                    tern_quantize_activations(x, &a, Int64(maxM * n))
+                    let size = tern_packed_size(type, Int64(rows), Int64(n))
+                    XCTAssertGreaterThan(size, 0, name)
+                    let packed = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 64)
+                    let byRanges = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 64)
+                    defer { packed.deallocate(); byRanges.deallocate() }
+                    memset(packed, 0xa5, size)
+                    memset(byRanges, 0x5a, size)
+                    w.withUnsafeBytes { wb in
+                        XCTAssertEqual(tern_pack_weights(type, wb.baseAddress, rb, Int64(rows), Int64(n), packed), 0)
+                        for (r0, r1) in [(0, min(16, rows)), (16, min(48, rows)), (48, rows)] where r0 < r1 {
+                            XCTAssertEqual(tern_pack_weights_range(type, wb.baseAddress, rb, Int64(rows), Int64(n), byRanges, Int64(r0), Int64(r1)), 0)
+                        }
+                    }
+                    XCTAssertEqual(memcmp(packed, byRanges, size), 0, "\(name) rows=\(rows) n=\(n): packing by ranges")
+                    var deq = [[Float]]()
+                    w.withUnsafeBytes { wb in for r in 0..<rows { deq.append(dequantize(type, wb.baseAddress! + r * rb, n)) } }
+                    for m in [1, 2, 5, 8, 13, 64] {
+                        var mag = [Double](repeating: 0, count: m * rows)
+                        for i in 0..<m { for r in 0..<rows { for j in 0..<n { mag[i * rows + r] += Double(abs(deq[r][j] * x[i * n + j])) } } }
+                        for path in Self.paths {
+                            tern_force_path(path)
+                            for (r0, r1) in [(0, rows), (16, min(32, rows)), (32, rows)] where r0 < r1 {
+                                var ref = [Float](repeating: .nan, count: m * ldo), got = ref
+                                w.withUnsafeBytes { wb in
+                                    tern_matmul_q(type, wb.baseAddress, rb, Int64(n), a, Int64(m), &ref, Int64(ldo), Int64(r0), Int64(r1))
+                                }
+                                tern_matmul_packed(type, packed, Int64(rows), Int64(n), a, Int64(m), &got, Int64(ldo), Int64(r0), Int64(r1))
+                                for i in 0..<m {
+                                    for r in 0..<ldo {
+                                        let g = got[i * ldo + r], e = ref[i * ldo + r]
+                                        guard r >= r0 && r < r1 else {
+                                            XCTAssertTrue(g.isNaN, "\(name) wrote outside [\(r0), \(r1)): i=\(i) r=\(r)")
+                                            continue
+                                        }
+                                        if path == Int32(TERN_PATH_AVX512) && !(type == Int32(TERN_Q6_K) && m == 1) {
+                                            XCTAssertEqual(g.bitPattern, e.bitPattern, "\(name) rows=\(rows) n=\(n) m=\(m) [\(r0), \(r1)) i=\(i) r=\(r): \(g) vs \(e)")
+                                        } else {
+                                            XCTAssertLessThanOrEqual(Double(abs(g - e)), 1e-4 * mag[i * rows + r] + 1e-30,
+                                                "\(name) path \(path) rows=\(rows) n=\(n) m=\(m) i=\(i) r=\(r): \(g) vs \(e)")
+                                        }
+                                    }
+                                }
+                            }
+                            if path < Int32(TERN_PATH_AVX512) {
+                                XCTAssertEqual(tern_packed_size(type, Int64(rows), Int64(n)), 0, "\(name): no packing on path \(path)")
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Threads call with disjoint row ranges; odd starts and lengths must give the same numbers as one call.
     func testRowRangesComposeExactly() {
         var rng = Rng(state: 1234)

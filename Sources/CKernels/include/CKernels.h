@@ -50,6 +50,24 @@ void tern_dequantize_row(int type, const void *src, float *dst, int64_t n);
    K-quants use a small grid search over the sub-block scale (see quantize.c). */
 int  tern_quantize_row(int type, const float *src, void *dst, int64_t n);
 
+/* Load-time weight packing. Decoding reads every weight once per token, so the 16-row panels the AVX-512
+   kernels want are built once instead of on every call. Packing is available when tern_packed_size is
+   non-zero (today: every quantized type, on the AVX-512 path); otherwise callers keep using tern_matmul_q.
+   Packed data is 64-byte aligned by the caller. tern_matmul_packed's results are bit-identical to
+   tern_matmul_q's on the AVX-512 path (except Q6_K at m = 1, which tern_matmul_q computes with row kernels:
+   equal within float rounding) and within 1e-4 relative on other paths. */
+#define TERN_PACK_ROWS 16
+/* Bytes tern_pack_weights needs for a rows x n matrix of `type`, or 0 when this type/path has no packed form. */
+size_t tern_packed_size(int type, int64_t rows, int64_t n);
+/* Packs rows [0, rows). Returns 0 on success, -1 if the type has no packed form. */
+int    tern_pack_weights(int type, const void *w, size_t row_bytes, int64_t rows, int64_t n, void *packed);
+/* Packs rows [r0, r1) only (r0, r1 multiples of TERN_PACK_ROWS, or r1 == rows), so threads can share the work. */
+int    tern_pack_weights_range(int type, const void *w, size_t row_bytes, int64_t rows, int64_t n, void *packed,
+                               int64_t r0, int64_t r1);
+/* tern_matmul_q over packed weights, for r0 a multiple of TERN_PACK_ROWS and r1 a multiple of it or == rows. */
+void   tern_matmul_packed(int type, const void *packed, int64_t rows, int64_t n, const tern_q8_block *a, int64_t m,
+                          float *out, int64_t ldo, int64_t r0, int64_t r1);
+
 /* Small float helpers for attention / norms (SIMD). */
 float tern_dot_f32(const float *a, const float *b, int64_t n);
 void  tern_axpy_f32(float alpha, const float *x, float *y, int64_t n);            /* y += alpha * x */

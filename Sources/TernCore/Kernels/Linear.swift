@@ -60,13 +60,25 @@ public enum Linear {
             precondition(qa.rows == m && qa.columns == n, "activations were not quantized for \(w.name)")
             let a = UnsafePointer(qa.blocks)
             pool.parallelFor(outRows, granule: granule) { r in
-                tern_matmul_q(type, w.data, rowBytes, Int64(n), a, Int64(m), out, Int64(outRows), Int64(r.lowerBound), Int64(r.upperBound))
+                quantizedProduct(w, a, m: m, out: out, ldo: outRows, r.lowerBound, r.upperBound)
             }
         }
     }
 }
 
 extension Linear {
+    /// Rows [lo, hi) of a quantized product, from the packed layout when the range starts on a panel.
+    @inline(__always)
+    static func quantizedProduct(_ w: WeightTensor, _ a: UnsafePointer<tern_q8_block>, m: Int,
+                                 out: UnsafeMutablePointer<Float>, ldo: Int, _ lo: Int, _ hi: Int) {
+        let type = Int32(w.type.rawValue)
+        if let p = w.packed, lo % Int(TERN_PACK_ROWS) == 0, hi % Int(TERN_PACK_ROWS) == 0 || hi == w.rows {
+            tern_matmul_packed(type, p, Int64(w.rows), Int64(w.columns), a, Int64(m), out, Int64(ldo), Int64(lo), Int64(hi))
+        } else {
+            tern_matmul_q(type, w.data, w.rowBytes, Int64(w.columns), a, Int64(m), out, Int64(ldo), Int64(lo), Int64(hi))
+        }
+    }
+
     /// Several matrices reading the same input (Q/K/V, gate/up) in one pass of the pool: their rows are laid
     /// end to end and split evenly between threads, so a decode step wakes the threads once instead of once
     /// per matrix.
@@ -93,7 +105,7 @@ extension Linear {
                 if w.type.isFloat {
                     tern_matmul_f(type, w.data, w.rowBytes, Int64(w.columns), x, Int64(m), t.output, Int64(w.rows), Int64(lo), Int64(hi))
                 } else {
-                    tern_matmul_q(type, w.data, w.rowBytes, Int64(w.columns), a, Int64(m), t.output, Int64(w.rows), Int64(lo), Int64(hi))
+                    quantizedProduct(w, a, m: m, out: t.output, ldo: w.rows, lo, hi)
                 }
             }
         }

@@ -1,7 +1,8 @@
 // A persistent pool of compute threads for the forward pass. `run` hands the same closure to every thread
 // (the caller is thread 0) and returns when all have finished. Workers spin briefly between jobs, because a
 // decode step issues hundreds of small jobs and a condition-variable wake-up per job would cost more than the
-// work; after a short idle spell they sleep on a condition variable. No Dispatch queue is involved.
+// work; then they spin with sched_yield (so a busy machine's other threads, or our own descheduled worker, get
+// the core), and after a longer idle spell they sleep on a condition variable. No Dispatch queue is involved.
 
 import Foundation
 import Synchronization
@@ -69,7 +70,12 @@ public final class WorkerPool: @unchecked Sendable {
                 pthread_cond_broadcast(&wake)
                 pthread_mutex_unlock(&mutex)
                 escapable(0)
-                while remaining.load(ordering: .acquiring) > 0 { spinPause() }
+                var spins = 0
+                while remaining.load(ordering: .acquiring) > 0 {
+                    spins += 1
+                    // On a busy machine a worker may be descheduled: stop burning its core and let it run.
+                    if spins < 4_000 { spinPause() } else { sched_yield() }
+                }
                 job = nil
             }
         }
@@ -95,8 +101,12 @@ public final class WorkerPool: @unchecked Sendable {
             var current = generation.load(ordering: .acquiring)
             while current == seen {
                 spins += 1
-                if spins < 200_000 {
+                if spins < 4_000 {
                     spinPause()
+                } else if spins < 60_000 {
+                    // Still likely to get work soon (the next matrix of this token), but give the core
+                    // away if anyone else wants it.
+                    sched_yield()
                 } else {
                     pthread_mutex_lock(&mutex)
                     while generation.load(ordering: .acquiring) == seen { pthread_cond_wait(&wake, &mutex) }
@@ -122,5 +132,5 @@ private final class WorkerStart {
 }
 
 @inline(__always) func spinPause() {
-    // TODO(after CKernels settles): tern_cpu_relax()
+    tern_cpu_relax()
 }

@@ -70,24 +70,24 @@ public final class LlamaModel: LanguageModel {
             let p = "blk.\(i)."
             layers.append(Layer(
                 attnNorm: try vector(p + "attn_norm.weight", count: dim),
-                wq: try matrix(p + "attn_q.weight", columns: dim, rows: qDim),
-                wk: try matrix(p + "attn_k.weight", columns: dim, rows: kvDim),
-                wv: try matrix(p + "attn_v.weight", columns: dim, rows: kvDim),
-                wo: try matrix(p + "attn_output.weight", columns: qDim, rows: dim),
+                wq: try matrix(p + "attn_q.weight", columns: dim, rows: qDim).packedForCompute(),
+                wk: try matrix(p + "attn_k.weight", columns: dim, rows: kvDim).packedForCompute(),
+                wv: try matrix(p + "attn_v.weight", columns: dim, rows: kvDim).packedForCompute(),
+                wo: try matrix(p + "attn_output.weight", columns: qDim, rows: dim).packedForCompute(),
                 bq: try optionalVector(p + "attn_q.bias", count: qDim),
                 bk: try optionalVector(p + "attn_k.bias", count: kvDim),
                 bv: try optionalVector(p + "attn_v.bias", count: kvDim),
                 ffnNorm: try vector(p + "ffn_norm.weight", count: dim),
-                gate: try matrix(p + "ffn_gate.weight", columns: dim, rows: cfg.feedForwardLength),
-                up: try matrix(p + "ffn_up.weight", columns: dim, rows: cfg.feedForwardLength),
-                down: try matrix(p + "ffn_down.weight", columns: cfg.feedForwardLength, rows: dim)))
+                gate: try matrix(p + "ffn_gate.weight", columns: dim, rows: cfg.feedForwardLength).packedForCompute(),
+                up: try matrix(p + "ffn_up.weight", columns: dim, rows: cfg.feedForwardLength).packedForCompute(),
+                down: try matrix(p + "ffn_down.weight", columns: cfg.feedForwardLength, rows: dim).packedForCompute()))
         }
         self.layers = layers
         outputNorm = try vector("output_norm.weight", count: dim)
         if checkpoint.tensors["output.weight"] != nil {
-            output = try matrix("output.weight", columns: dim, rows: cfg.vocabularySize)
+            output = try matrix("output.weight", columns: dim, rows: cfg.vocabularySize).packedForCompute()
         } else {
-            output = tokenEmbedding   // tied embeddings
+            output = tokenEmbedding.packedForCompute()   // tied embeddings: lookups read the original rows
         }
         let half = cfg.ropeDimensions / 2
         ropeInverseFrequencies = (0..<half).map { i in

@@ -77,7 +77,7 @@ extension MambaModel {
             guard t.type.isFloat || columns % 32 == 0 else {
                 throw CheckpointError(file: path, "tensor '\(t.name)': quantized rows of \(columns) values are not a multiple of 32")
             }
-            return t
+            return t.packedForCompute()
         }
 
         /// A tensor of `shape` (GGML order); size-1 dimensions are ignored, so [d_conv, 1, C] matches [d_conv, C].

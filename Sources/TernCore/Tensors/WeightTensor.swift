@@ -1,3 +1,6 @@
+import CKernels
+import Foundation
+
 // A read-only weight tensor: a typed view into a memory-mapped checkpoint (or into memory Tern owns, for
 // tensors that had to be converted at load time). Shapes use GGML order: shape[0] is the contiguous dimension,
 // so a matrix W with `rows` outputs and `columns` inputs has shape [columns, rows].
@@ -10,6 +13,10 @@ public struct WeightTensor: @unchecked Sendable {
     public let data: UnsafeRawPointer
     public let byteCount: Int
     let owner: AnyObject
+    /// The same matrix in the kernels' load-time packed layout (see tern_pack_weights), when the CPU path
+    /// has one for this type; matrix products then read only this copy.
+    public private(set) var packed: UnsafeRawPointer?
+    private var packedOwner: AnyObject?
 
     public init(name: String, type: GGMLType, shape: [Int], data: UnsafeRawPointer, byteCount: Int, owner: AnyObject) {
         self.name = name
@@ -18,6 +25,34 @@ public struct WeightTensor: @unchecked Sendable {
         self.data = data
         self.byteCount = byteCount
         self.owner = owner
+    }
+
+    /// A copy of this matrix that also carries the packed layout, if the active kernel path packs its type.
+    /// Packing happens once at load; afterwards the mapped original pages of the matrix are released from
+    /// memory (they come back from the file only if something reads them again, e.g. embedding lookups).
+    public func packedForCompute() -> WeightTensor {
+        guard shape.count == 2, !type.isFloat, packed == nil else { return self }
+        let size = tern_packed_size(Int32(type.rawValue), Int64(rows), Int64(columns))
+        guard size > 0 else { return self }
+        let buffer = OwnedBuffer(size: Int(size))
+        // About 10 ms for the largest matrix of a small model: not worth threads at load time.
+        guard tern_pack_weights(Int32(type.rawValue), data, rowBytes, Int64(rows), Int64(columns), buffer.pointer) == 0 else {
+            return self
+        }
+        var copy = self
+        copy.packed = UnsafeRawPointer(buffer.pointer)
+        copy.packedOwner = buffer
+        if owner is MappedFile { Self.releasePages(data, byteCount) }
+        return copy
+    }
+
+    /// Drops the pages of a mapped range from this process's resident memory (clean, file-backed: free to drop).
+    static func releasePages(_ p: UnsafeRawPointer, _ count: Int) {
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = (Int(bitPattern: p) + page - 1) / page * page
+        let end = (Int(bitPattern: p) + count) / page * page
+        guard end > start else { return }
+        _ = madvise(UnsafeMutableRawPointer(bitPattern: start), end - start, MADV_DONTNEED)
     }
 
     public var elementCount: Int { shape.reduce(1, *) }
