@@ -211,33 +211,9 @@ public final class MambaModel: LanguageModel {
                 for t in 0..<count {
                     let r = start + t
                     let b = dbc + r * dbcStride + rank
-                    let cv = b + ds
-                    for c in range {
-                        let delta = dt[r * inner + c]
-                        let xv = u[r * inner + c]
-                        let dx = delta * xv
-                        let s = state + c * ds
-                        let ac = a + c * ds
-                        // The exp of every state element dominates Mamba-1's cost: 8 lanes at a time.
-                        var accV = SIMD8<Float>()
-                        let deltaV = SIMD8<Float>(repeating: delta), dxV = SIMD8<Float>(repeating: dx)
-                        var n = 0
-                        while n + 8 <= ds {
-                            let v = Self.exp8(deltaV * Self.load8(ac + n)) * Self.load8(s + n) + dxV * Self.load8(b + n)
-                            Self.store8(v, s + n)
-                            accV += v * Self.load8(cv + n)
-                            n += 8
-                        }
-                        var acc = accV.sum()
-                        while n < ds {
-                            let v = expf(delta * ac[n]) * s[n] + dx * b[n]
-                            s[n] = v
-                            acc += v * cv[n]
-                            n += 1
-                        }
-                        let z = proj[r * inStride + inner + c]
-                        y[r * inner + c] = (acc + d[c] * xv) * (z / (1 + expf(-z)))
-                    }
+                    tern_ssm1_step(Int64(range.lowerBound), Int64(range.upperBound), Int64(ds),
+                                   dt + r * inner, u + r * inner, proj + r * inStride + inner,
+                                   a, b, b + ds, d, state, y + r * inner)
                 }
             }
         }
