@@ -31,7 +31,7 @@ func runServe(_ args: [String]) throws {
     let blockSize = try o.int("block-size", default: 16, min: 1)!
     guard blockSize <= 1024 else { throw UsageError("--block-size must be at most 1024") }
     let kvType = o.string("kv-type") ?? "f16"
-    guard let storage = KVStorage(rawValue: kvType) else { throw UsageError("--kv-type must be f16 or f32, got '\(kvType)'") }
+    guard let storage = KVStorage(rawValue: kvType) else { throw UsageError("--kv-type must be f16, f32 or q8_0, got '\(kvType)'") }
     let physical = Int(ProcessInfo.processInfo.physicalMemory)
     let kvMiB = try o.int("kv-cache-mib", default: min(2048, (physical / 4) >> 20), min: 1)!
     let prefixCaching = try !o.flag("no-prefix-caching")

@@ -25,7 +25,7 @@ let usage = """
                   [--stop TEXT] [--chat] [--system TEXT] [--ctx-size N] [--threads N] [--ignore-eos]
       serve       --model PATH [--host 127.0.0.1] [--port 8080] [--api-key KEY]... [--tls-cert F --tls-key F]
                   [--max-queue N] [--ctx-size N] [--threads N] [--kv-cache-mib N] [--block-size 16]
-                  [--kv-type f16|f32] [--max-batch-tokens N] [--max-running N] [--cors-origin ORIGIN]
+                  [--kv-type f16|f32|q8_0] [--max-batch-tokens N] [--max-running N] [--cors-origin ORIGIN]
                   [--served-model-name NAME] [--no-prefix-caching] [--drain-timeout S]
       bench-serve [--url http://127.0.0.1:8080] [--concurrency N | --request-rate R] [--num-requests 64] [--prompt-tokens 128]
                   [--output-tokens 128] [--shared-prefix-tokens 0] [--duration-limit 300] [--model NAME] [--api-key KEY] [--seed 0] [--json]

@@ -44,7 +44,8 @@ public final class KVBlockPool {
         self.rowWidth = rowWidth
         self.blockSize = blockSize
         self.storage = storage
-        layerBytes = blockSize * rowWidth * storage.bytes
+        precondition(storage != .q8_0 || rowWidth % 32 == 0, "q8_0 KV rows must hold whole 32-value blocks")
+        layerBytes = blockSize * storage.rowBytes(rowWidth)
         blockBytes = layers * 2 * layerBytes
         blockCount = bytes / blockBytes
         guard blockCount >= 2 else {

@@ -2,10 +2,19 @@
 // Models write K/V rows of new positions and read them back segment by segment: the contiguous memory is one
 // segment per layer; a paged cache presents one segment per block, so the attention code serves both.
 
-/// Element type of stored keys and values.
+/// Element type of stored keys and values. q8_0 keeps GGML's Q8_0 blocks (32 values: an f16 scale and 32
+/// int8), so a row of `width` values (a multiple of 32) takes width/32 × 34 bytes.
 public enum KVStorage: String, Sendable {
-    case f32, f16
-    public var bytes: Int { self == .f32 ? 4 : 2 }
+    case f32, f16, q8_0
+
+    /// Bytes of one stored row of `width` values.
+    public func rowBytes(_ width: Int) -> Int {
+        switch self {
+        case .f32: return width * 4
+        case .f16: return width * 2
+        case .q8_0: return width / 32 * 34
+        }
+    }
 }
 
 public protocol KVMemory: SequenceMemory {
@@ -18,8 +27,7 @@ public protocol KVMemory: SequenceMemory {
     /// Writes the key and value rows (rowWidth floats each) of one reserved position.
     func store(layer: Int, position: Int, key: UnsafePointer<Float>, value: UnsafePointer<Float>)
     /// Calls `body(firstPosition, positionCount, keys, values)` for consecutive runs covering positions
-    /// 0..<positions; within a run, position p's row starts at element (p - firstPosition) * rowWidth,
-    /// in `storage`'s element type.
+    /// 0..<positions; within a run, position p's row starts at byte (p - firstPosition) * storage.rowBytes(rowWidth).
     func forEachSegment(layer: Int, positions: Int,
                         _ body: (Int, Int, UnsafeRawPointer, UnsafeRawPointer) -> Void)
     /// Marks `n` reserved positions as written.

@@ -69,14 +69,18 @@ public final class PagedKVMemory: KVMemory {
     public func store(layer: Int, position: Int, key: UnsafePointer<Float>, value: UnsafePointer<Float>) {
         let bs = pool.blockSize
         let b = blocks[position / bs]
-        let offset = (position % bs) * rowWidth
+        let offset = (position % bs) * pool.storage.rowBytes(rowWidth)
+        let kd = pool.keys(block: b, layer: layer) + offset, vd = pool.values(block: b, layer: layer) + offset
         switch pool.storage {
         case .f32:
-            (pool.keys(block: b, layer: layer).assumingMemoryBound(to: Float.self) + offset).update(from: key, count: rowWidth)
-            (pool.values(block: b, layer: layer).assumingMemoryBound(to: Float.self) + offset).update(from: value, count: rowWidth)
+            kd.assumingMemoryBound(to: Float.self).update(from: key, count: rowWidth)
+            vd.assumingMemoryBound(to: Float.self).update(from: value, count: rowWidth)
         case .f16:
-            tern_f32_to_f16(key, pool.keys(block: b, layer: layer).assumingMemoryBound(to: UInt16.self) + offset, Int64(rowWidth))
-            tern_f32_to_f16(value, pool.values(block: b, layer: layer).assumingMemoryBound(to: UInt16.self) + offset, Int64(rowWidth))
+            tern_f32_to_f16(key, kd.assumingMemoryBound(to: UInt16.self), Int64(rowWidth))
+            tern_f32_to_f16(value, vd.assumingMemoryBound(to: UInt16.self), Int64(rowWidth))
+        case .q8_0:
+            _ = tern_quantize_row(Int32(TERN_Q8_0), key, kd, Int64(rowWidth))
+            _ = tern_quantize_row(Int32(TERN_Q8_0), value, vd, Int64(rowWidth))
         }
     }
 

@@ -45,6 +45,9 @@ public final class Engine: @unchecked Sendable {
         self.loaded = loaded
         self.configuration = configuration
         if let llama = loaded.llama {
+            if configuration.kvStorage == .q8_0 && llama.config.headDim % 32 != 0 {
+                throw CheckpointError(file: loaded.checkpoint.path, "q8_0 KV storage needs a head dimension that is a multiple of 32 (this model's is \(llama.config.headDim))")
+            }
             kvPool = try KVBlockPool(layers: llama.config.layerCount, rowWidth: llama.kvDim, blockSize: configuration.blockSize,
                                      storage: configuration.kvStorage, bytes: configuration.kvCacheBytes)
         } else {

@@ -26,10 +26,21 @@ enum Attention {
                 let positions = ws.rowPosition[r] + 1
                 precondition(positions <= ws.scoreStride, "context longer than the workspace's score buffer")
                 let qv = q + r * qDim + h * hd
-                let half = memory.storage == .f16
+                let storage = memory.storage
+                let rowBytes = storage.rowBytes(rowWidth)
+                // q8_0 rows: this head's slice starts at block g·hd/32 and is dequantized before use.
+                let sliceOffset = g * hd / 32 * 34
+                let slice = ws.headScratch + tid * hd
                 var maxScore = -Float.infinity
                 memory.forEachSegment(layer: layer, positions: positions) { first, count, keys, _ in
-                    if half {
+                    if storage == .q8_0 {
+                        for j in 0..<count {
+                            tern_dequantize_row(Int32(TERN_Q8_0), keys + j * rowBytes + sliceOffset, slice, Int64(hd))
+                            let s = tern_dot_f32(qv, slice, Int64(hd)) * scale
+                            scores[first + j] = s
+                            if s > maxScore { maxScore = s }
+                        }
+                    } else if storage == .f16 {
                         let k = keys.assumingMemoryBound(to: UInt16.self) + g * hd
                         for j in 0..<count {
                             let s = tern_dot_f16(k + j * rowWidth, qv, Int64(hd)) * scale
@@ -55,7 +66,12 @@ enum Attention {
                 o.update(repeating: 0, count: hd)
                 let inv = 1 / sum
                 memory.forEachSegment(layer: layer, positions: positions) { first, count, _, values in
-                    if half {
+                    if storage == .q8_0 {
+                        for j in 0..<count {
+                            tern_dequantize_row(Int32(TERN_Q8_0), values + j * rowBytes + sliceOffset, slice, Int64(hd))
+                            tern_axpy_f32(scores[first + j] * inv, slice, o, Int64(hd))
+                        }
+                    } else if storage == .f16 {
                         let v = values.assumingMemoryBound(to: UInt16.self) + g * hd
                         for j in 0..<count { tern_axpy_f16(scores[first + j] * inv, v + j * rowWidth, o, Int64(hd)) }
                     } else {

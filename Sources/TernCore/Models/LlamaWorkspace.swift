@@ -17,6 +17,8 @@ public final class LlamaWorkspace: ModelWorkspace {
     /// One attention-score row per worker thread, as long as the longest context.
     let scores: UnsafeMutablePointer<Float>
     let scoreStride: Int
+    /// One head's dequantized key or value per worker thread (q8_0 KV storage).
+    let headScratch: UnsafeMutablePointer<Float>
     private var buffers: [UnsafeMutablePointer<Float>] = []
     /// For each batch row: its absolute position, and which batch item it belongs to.
     var rowPosition: [Int]
@@ -51,6 +53,7 @@ public final class LlamaWorkspace: ModelWorkspace {
         ropeSin = buffer(t * c.ropeDimensions / 2)
         scoreStride = max(1, maxContext)
         scores = buffer(scoreStride * pool.threadCount)
+        headScratch = buffer(c.headDim * pool.threadCount)
         buffers = owned
         quantized = QuantizedActivations(maxRows: t, maxColumns: max(c.embeddingLength, c.feedForwardLength, model.qDim))
         logitRowCapacity = 1

@@ -128,26 +128,11 @@ public func httpErrorJSON(message: String, type: String = "invalid_request_error
     return Data(text.utf8)
 }
 
+/// A string's JSON escaping, without the surrounding quotes (the API's encoder does the escaping).
 func httpJSONEscape(_ s: String) -> String {
     var out = ""
-    out.reserveCapacity(s.utf8.count + 8)
-    for scalar in s.unicodeScalars {
-        switch scalar {
-        case "\"": out += "\\\""
-        case "\\": out += "\\\\"
-        case "\n": out += "\\n"
-        case "\r": out += "\\r"
-        case "\t": out += "\\t"
-        default:
-            if scalar.value < 0x20 {
-                let hex = String(scalar.value, radix: 16)
-                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            } else {
-                out.unicodeScalars.append(scalar)
-            }
-        }
-    }
-    return out
+    JSONValue.writeString(s, to: &out)
+    return String(out.dropFirst().dropLast())
 }
 
 /// Seconds on a clock that wall-clock adjustments cannot move; all timeouts use it.
