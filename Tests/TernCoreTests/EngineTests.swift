@@ -286,3 +286,24 @@ final class MambaEngineTests: XCTestCase {
         }
     }
 }
+
+final class EngineLimitTests: XCTestCase {
+    /// A sequence that outgrows the whole KV store ends with `length` instead of being recomputed forever.
+    func testSequenceLongerThanThePoolEnds() throws {
+        let m = try LoadedModel(path: TestPaths.fixture("llama/llama-f32.gguf"))
+        var c = EngineConfiguration(threads: 2, contextLength: 128, kvCacheBytes: 6 * 2048)   // 6 f32 blocks of 4 = 24 tokens
+        c.blockSize = 4
+        c.kvStorage = .f32
+        let e = try Engine(loaded: m, configuration: c)
+        e.start()
+        defer { e.stop() }
+        let col = EventCollector()
+        _ = try e.submit(EngineRequest(promptTokens: [1, 2, 3, 4, 5], maxTokens: 100, ignoreEOS: true)) { col.handle($0) }
+        XCTAssertTrue(col.wait(20))
+        XCTAssertEqual(col.reasons[0], .length)
+        // 24 positions hold the 5 prompt tokens and 19 fed outputs; the 20th output was sampled from the last logits.
+        XCTAssertEqual(col.tokens[0]?.count ?? 0, 24 - 5 + 1)
+        XCTAssertTrue(e.waitUntilIdle(timeout: 5))
+        XCTAssertEqual(e.pool.availableBlocks, e.pool.blockCount)
+    }
+}

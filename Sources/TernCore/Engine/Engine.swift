@@ -215,6 +215,12 @@ public final class Engine: @unchecked Sendable {
             r.onEvent(.started(cachedTokens: r.cachedTokens))
         }
         guard !batch.isEmpty else {
+            if running.isEmpty, let s = preempted.first {
+                // Cannot be re-admitted even into an empty pool (it grew past the KV store): end it.
+                preempted.removeFirst()
+                finishSequence(s, reason: .length, now: Date())
+                return
+            }
             if running.isEmpty && !waiting.isEmpty {
                 // Nothing fits even in an empty pool: the prompt is larger than the KV store.
                 let r = waiting.removeFirst()
@@ -311,6 +317,13 @@ public final class Engine: @unchecked Sendable {
             }
             if s.reserve(tokens) { return true }
             guard let victim = running.filter({ !$0.finished }).max(by: { $0.admission < $1.admission }) else { return false }
+            if victim === s && !running.contains(where: { $0 !== s && !$0.finished }) {
+                // Alone and still out of blocks: the KV store is smaller than this sequence; recomputing it
+                // would only run out again. It ends here, as if its context were full.
+                finishSequence(s, reason: .length, now: Date())
+                running.removeAll { $0 === s }
+                return false
+            }
             preempt(victim)
             // A victim already placed in this step's batch must leave it: its blocks are gone.
             batch.removeAll { $0.seq === victim }
