@@ -60,8 +60,10 @@ final class SmolLM2Tests: XCTestCase {
     }
 
     // Tern's Q4_1 path quantizes activations to 8 bits, as llama.cpp does (with different rounding), so its
-    // logits sit within ~0.5 of the exact float64 function; llama.cpp's sit as far (0.1–0.33 measured).
+    // logits sit within ~0.5 of the exact float64 function; llama.cpp's sit as far (0.1–0.33 measured). Two
+    // such engines may differ by the sum of both.
     static let activationNoise: Float = 0.6
+    static let twoEngineNoise: Float = 1.0
 
     func testFirstStepLogitsNearExactAndLlamaCpp() throws {
         let m = try model()
@@ -71,7 +73,7 @@ final class SmolLM2Tests: XCTestCase {
         }
         for c in try reference()["greedy"] as! [[String: Any]] {
             let err = try firstStepLogitError(m, prompt: ids(c["prompt_ids"]), top10: c["first_step_top10"] as! [[NSNumber]])
-            XCTAssertLessThan(err, Self.activationNoise, "\(c["name"]!): vs llama.cpp")
+            XCTAssertLessThan(err, Self.twoEngineNoise, "\(c["name"]!): vs llama.cpp")
         }
     }
 
@@ -81,9 +83,9 @@ final class SmolLM2Tests: XCTestCase {
         for (exact, cpp) in zip(try floatReference(), try reference()["greedy"] as! [[String: Any]]) {
             let prompt = ids(exact["prompt_ids"])
             let got = try greedy(m, prompt: prompt, steps: 32)
-            for (name, expected, gaps) in [("float64", ids(exact["greedy_ids"]), exact["top2_gap"]),
-                                           ("llama.cpp", ids(cpp["generated_ids"]), cpp["top2_gap"])] {
-                let n = stepsBeforeTie((gaps as! [NSNumber]).map { $0.doubleValue }, tie: Double(Self.activationNoise),
+            for (name, expected, gaps, noise) in [("float64", ids(exact["greedy_ids"]), exact["top2_gap"], Self.activationNoise),
+                                                  ("llama.cpp", ids(cpp["generated_ids"]), cpp["top2_gap"], Self.twoEngineNoise)] {
+                let n = stepsBeforeTie((gaps as! [NSNumber]).map { $0.doubleValue }, tie: Double(noise),
                                        expected: expected, tokenizer: m.tokenizer)
                 XCTAssertEqual(Array(got.prefix(n)), Array(expected.prefix(n)), "\(exact["name"]!) vs \(name)")
                 compared += n

@@ -1,6 +1,7 @@
 // Causal grouped-query attention over each sequence's KV memory, read segment by segment (so a paged memory
 // serves as well as a contiguous one). Rows of a batch may belong to different sequences; work is split across
-// the pool by (batch row, query head).
+// the pool by (batch row, query head). Scores and the weighted sum of values run in C over whole segments
+// (tern_attn_scores / tern_attn_accumulate), whatever the stored element type.
 
 import CKernels
 import Foundation
@@ -22,39 +23,22 @@ enum Attention {
                 let r = task / headCount, h = task % headCount
                 let g = h / group
                 let memory = memories[ws.rowItem[r]]
-                let rowWidth = memory.rowWidth
                 let positions = ws.rowPosition[r] + 1
                 precondition(positions <= ws.scoreStride, "context longer than the workspace's score buffer")
-                let qv = q + r * qDim + h * hd
                 let storage = memory.storage
-                let rowBytes = storage.rowBytes(rowWidth)
-                // q8_0 rows: this head's slice starts at block g·hd/32 and is dequantized before use.
-                let sliceOffset = g * hd / 32 * 34
-                let slice = ws.headScratch + tid * hd
+                let kvType: Int32
+                let sliceOffset: Int
+                switch storage {
+                case .f32: kvType = Int32(TERN_F32); sliceOffset = g * hd * 4
+                case .f16: kvType = Int32(TERN_F16); sliceOffset = g * hd * 2
+                case .q8_0: kvType = Int32(TERN_Q8_0); sliceOffset = g * hd / 32 * 34
+                }
+                let rowBytes = storage.rowBytes(memory.rowWidth)
+                let qv = q + r * qDim + h * hd
                 var maxScore = -Float.infinity
                 memory.forEachSegment(layer: layer, positions: positions) { first, count, keys, _ in
-                    if storage == .q8_0 {
-                        for j in 0..<count {
-                            tern_dequantize_row(Int32(TERN_Q8_0), keys + j * rowBytes + sliceOffset, slice, Int64(hd))
-                            let s = tern_dot_f32(qv, slice, Int64(hd)) * scale
-                            scores[first + j] = s
-                            if s > maxScore { maxScore = s }
-                        }
-                    } else if storage == .f16 {
-                        let k = keys.assumingMemoryBound(to: UInt16.self) + g * hd
-                        for j in 0..<count {
-                            let s = tern_dot_f16(k + j * rowWidth, qv, Int64(hd)) * scale
-                            scores[first + j] = s
-                            if s > maxScore { maxScore = s }
-                        }
-                    } else {
-                        let k = keys.assumingMemoryBound(to: Float.self) + g * hd
-                        for j in 0..<count {
-                            let s = tern_dot_f32(qv, k + j * rowWidth, Int64(hd)) * scale
-                            scores[first + j] = s
-                            if s > maxScore { maxScore = s }
-                        }
-                    }
+                    let segmentMax = tern_attn_scores(kvType, qv, keys, rowBytes, sliceOffset, Int64(hd), Int64(count), scale, scores + first)
+                    maxScore = max(maxScore, segmentMax)
                 }
                 var sum: Float = 0
                 for j in 0..<positions {
@@ -64,21 +48,11 @@ enum Attention {
                 }
                 let o = out + r * qDim + h * hd
                 o.update(repeating: 0, count: hd)
-                let inv = 1 / sum
                 memory.forEachSegment(layer: layer, positions: positions) { first, count, _, values in
-                    if storage == .q8_0 {
-                        for j in 0..<count {
-                            tern_dequantize_row(Int32(TERN_Q8_0), values + j * rowBytes + sliceOffset, slice, Int64(hd))
-                            tern_axpy_f32(scores[first + j] * inv, slice, o, Int64(hd))
-                        }
-                    } else if storage == .f16 {
-                        let v = values.assumingMemoryBound(to: UInt16.self) + g * hd
-                        for j in 0..<count { tern_axpy_f16(scores[first + j] * inv, v + j * rowWidth, o, Int64(hd)) }
-                    } else {
-                        let v = values.assumingMemoryBound(to: Float.self) + g * hd
-                        for j in 0..<count { tern_axpy_f32(scores[first + j] * inv, v + j * rowWidth, o, Int64(hd)) }
-                    }
+                    tern_attn_accumulate(kvType, scores + first, values, rowBytes, sliceOffset, Int64(hd), Int64(count), o)
                 }
+                let inv = 1 / sum
+                for i in 0..<hd { o[i] *= inv }
             }
         }
     }

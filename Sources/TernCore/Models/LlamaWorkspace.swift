@@ -17,8 +17,6 @@ public final class LlamaWorkspace: ModelWorkspace {
     /// One attention-score row per worker thread, as long as the longest context.
     let scores: UnsafeMutablePointer<Float>
     let scoreStride: Int
-    /// One head's dequantized key or value per worker thread (q8_0 KV storage).
-    let headScratch: UnsafeMutablePointer<Float>
     private var buffers: [UnsafeMutablePointer<Float>] = []
     /// For each batch row: its absolute position, and which batch item it belongs to.
     var rowPosition: [Int]
@@ -53,7 +51,6 @@ public final class LlamaWorkspace: ModelWorkspace {
         ropeSin = buffer(t * c.ropeDimensions / 2)
         scoreStride = max(1, maxContext)
         scores = buffer(scoreStride * pool.threadCount)
-        headScratch = buffer(c.headDim * pool.threadCount)
         buffers = owned
         quantized = QuantizedActivations(maxRows: t, maxColumns: max(c.embeddingLength, c.feedForwardLength, model.qDim))
         logitRowCapacity = 1
