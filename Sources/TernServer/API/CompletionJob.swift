@@ -73,9 +73,6 @@ struct CompletionJob {
             prompts = [tokens]
             promptTexts = [""]
         }
-        if stream && n > 1 && kind == .chat {
-            // Allowed: chunks carry the choice index.
-        }
         var requests: [EngineRequest] = []
         for p in prompts {
             guard !p.isEmpty else { throw APIError.invalid(kind == .chat ? "messages" : "prompt", "the prompt is empty") }
@@ -86,9 +83,8 @@ struct CompletionJob {
             // Output stops where the context ends (finish_reason "length").
             let room = contextLength - p.count
             let wanted = maxTokens ?? room
-            let stopTokens: [Int32] = []
             requests.append(EngineRequest(promptTokens: p, maxTokens: min(wanted, room), sampling: sampling,
-                                          stopStrings: stops, stopTokens: stopTokens, ignoreEOS: ignoreEOS, n: n,
+                                          stopStrings: stops, ignoreEOS: ignoreEOS, n: n,
                                           logprobs: logprobs, promptLogprobs: echo && logprobs != nil))
         }
         return CompletionJob(kind: kind, requests: requests, promptTexts: promptTexts, stream: stream,

@@ -20,7 +20,8 @@ final class CompletionResponder: @unchecked Sendable {
         var finish: FinishReason?
         var tokens: [Int32] = []
         var logprobs: [TokenLogprob] = []
-        var sentRole = false
+        /// Chat: the first chunk carries the role. Completions with echo: the first chunk carries the prompt.
+        var sentPreamble = false
     }
     private var choices: [Choice]
     private var usage: [EngineUsage?]
@@ -140,18 +141,17 @@ final class CompletionResponder: @unchecked Sendable {
         switch job.kind {
         case .completion:
             var t = text
-            if job.echo && choices[index].tokens.count <= 1 && !choices[index].sentRole {
-                // Echo streams the prompt in front of the first piece.
+            if job.echo && !choices[index].sentPreamble {
                 t = job.promptTexts[prompt] + t
-                choices[index].sentRole = true
+                choices[index].sentPreamble = true
             }
             choice.append(("text", .string(t)))
             choice.append(("logprobs", job.logprobs == nil ? .null : completionLogprobs(logprobs, offset: 0)))
         case .chat:
             var delta: [(String, JSONValue)] = []
-            if !choices[index].sentRole {
+            if !choices[index].sentPreamble {
                 delta.append(("role", "assistant"))
-                choices[index].sentRole = true
+                choices[index].sentPreamble = true
             }
             if !text.isEmpty || finish == nil { delta.append(("content", .string(text))) }
             choice.append(("delta", .object(delta)))
@@ -190,17 +190,14 @@ final class CompletionResponder: @unchecked Sendable {
             var choice: [(String, JSONValue)] = [("index", .int(Int64(i)))]
             switch job.kind {
             case .completion:
-                var lps = c.logprobs
-                var prefix: [TokenLogprob?] = []
-                if job.echo && job.logprobs != nil { prefix = promptLogprobs[p] }
+                let prefix: [TokenLogprob?] = job.echo && job.logprobs != nil ? promptLogprobs[p] : []
                 let text = (job.echo ? job.promptTexts[p] : "") + c.text
                 choice.append(("text", .string(text)))
                 if job.logprobs != nil {
-                    choice.append(("logprobs", completionLogprobs(lps, offset: 0, prompt: prefix, promptTokens: job.requests[p].promptTokens)))
+                    choice.append(("logprobs", completionLogprobs(c.logprobs, offset: 0, prompt: prefix, promptTokens: job.requests[p].promptTokens)))
                 } else {
                     choice.append(("logprobs", .null))
                 }
-                lps.removeAll()
             case .chat:
                 choice.append(("message", .object([("role", "assistant"), ("content", .string(c.text))])))
                 choice.append(("logprobs", job.logprobs == nil ? .null : chatLogprobs(c.logprobs)))
