@@ -206,12 +206,8 @@ public final class LlamaModel: LanguageModel {
         let n = ws.logitSourceRows.count
         guard n > 0 else { return ws.logits }
         ws.ensureLogitRows(n)
-        // Norm and project only the rows that want logits: gathered into tmp unless they already lead x.
-        var src = x
-        if !ws.logitSourceRows.enumerated().allSatisfy({ $0.offset == $0.element }) {
-            for (o, r) in ws.logitSourceRows.enumerated() { (tmp + o * dim).update(from: x + r * dim, count: dim) }
-            src = tmp
-        }
+        // Norm and project only the rows that want logits.
+        let src = VectorOps.gatherRows(ws.logitSourceRows, from: x, width: dim, spare: tmp)
         outputNorm.withUnsafeBufferPointer { VectorOps.rmsNorm(src, weight: $0.baseAddress!, eps: cfg.rmsEpsilon, rows: n, n: dim, output: xn) }
         qa.quantize(xn, rows: n, columns: dim, pool: pool)
         Linear.apply(output, input: xn, rows: n, quantized: qa, output: ws.logits, pool: pool)

@@ -17,7 +17,7 @@ public final class LlamaWorkspace: ModelWorkspace {
     /// One attention-score row per worker thread, as long as the longest context.
     let scores: UnsafeMutablePointer<Float>
     let scoreStride: Int
-    private var buffers: [UnsafeMutablePointer<Float>] = []
+    private let scratch: FloatScratch
     /// For each batch row: its absolute position, and which batch item it belongs to.
     var rowPosition: [Int]
     var rowItem: [Int]
@@ -30,13 +30,8 @@ public final class LlamaWorkspace: ModelWorkspace {
         self.maxTokens = max(1, maxTokens)
         self.pool = pool
         vocabulary = c.vocabularySize
-        var owned: [UnsafeMutablePointer<Float>] = []
-        func buffer(_ n: Int) -> UnsafeMutablePointer<Float> {
-            let p = UnsafeMutablePointer<Float>.allocate(capacity: max(1, n))
-            p.initialize(repeating: 0, count: max(1, n))
-            owned.append(p)
-            return p
-        }
+        let scratch = FloatScratch()
+        func buffer(_ n: Int) -> UnsafeMutablePointer<Float> { scratch.make(n) }
         let t = self.maxTokens
         x = buffer(t * c.embeddingLength)
         xn = buffer(t * c.embeddingLength)
@@ -51,7 +46,7 @@ public final class LlamaWorkspace: ModelWorkspace {
         ropeSin = buffer(t * c.ropeDimensions / 2)
         scoreStride = max(1, maxContext)
         scores = buffer(scoreStride * pool.threadCount)
-        buffers = owned
+        self.scratch = scratch
         quantized = QuantizedActivations(maxRows: t, maxColumns: max(c.embeddingLength, c.feedForwardLength, model.qDim))
         logitRowCapacity = 1
         logits = .allocate(capacity: c.vocabularySize)
@@ -62,7 +57,6 @@ public final class LlamaWorkspace: ModelWorkspace {
     }
 
     deinit {
-        for b in buffers { b.deallocate() }
         logits.deallocate()
     }
 

@@ -80,7 +80,7 @@ public final class MambaWorkspace: ModelWorkspace {
     public private(set) var logits: UnsafeMutablePointer<Float>
     private var logitRowCapacity: Int
     private let vocabulary: Int
-    private var buffers: [UnsafeMutablePointer<Float>] = []
+    private let scratch: FloatScratch
     /// Per batch item with tokens (at most one per token): first row, token count, and its state's layer-0 bases.
     let itemStart, itemLength: UnsafeMutablePointer<Int>
     let itemConv, itemSSM: UnsafeMutablePointer<UnsafeMutablePointer<Float>>
@@ -93,13 +93,8 @@ public final class MambaWorkspace: ModelWorkspace {
         self.maxTokens = max(1, maxTokens)
         self.pool = pool
         vocabulary = model.vocabularySize
-        var owned: [UnsafeMutablePointer<Float>] = []
-        func buffer(_ n: Int) -> UnsafeMutablePointer<Float> {
-            let p = UnsafeMutablePointer<Float>.allocate(capacity: max(1, n))
-            p.initialize(repeating: 0, count: max(1, n))
-            owned.append(p)
-            return p
-        }
+        let scratch = FloatScratch()
+        func buffer(_ n: Int) -> UnsafeMutablePointer<Float> { scratch.make(n) }
         let t = self.maxTokens
         x = buffer(t * c.embeddingLength)
         xn = buffer(t * c.embeddingLength)
@@ -111,7 +106,7 @@ public final class MambaWorkspace: ModelWorkspace {
         dbc = buffer(v1 ? t * c.xProjRows : 0)
         dtIn = buffer(v1 ? t * c.timeStepRank : 0)
         dt = buffer(v1 ? t * c.innerSize : 0)
-        buffers = owned
+        self.scratch = scratch
         quantized = QuantizedActivations(maxRows: t, maxColumns: max(c.embeddingLength, c.innerSize, c.timeStepRank))
         logitRowCapacity = 1
         logits = .allocate(capacity: max(1, vocabulary))
@@ -123,7 +118,6 @@ public final class MambaWorkspace: ModelWorkspace {
     }
 
     deinit {
-        for b in buffers { b.deallocate() }
         logits.deallocate()
         itemStart.deallocate()
         itemLength.deallocate()
