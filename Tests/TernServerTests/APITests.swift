@@ -231,6 +231,18 @@ final class APITests: XCTestCase {
         for v in values.dropFirst() { XCTAssertLessThanOrEqual(try XCTUnwrap(v as? Double), 0) }
     }
 
+    func testStreamedEchoStartsWithThePrompt() throws {
+        let s = try post("/v1/completions", #"{"prompt":"Hello, the cat","max_tokens":4,"temperature":0,"echo":true,"stream":true,"ignore_eos":true}"#)
+        var text = ""
+        for event in s.text.components(separatedBy: "\n\n") where event.hasPrefix("data: {") {
+            let j = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(event.dropFirst(6).utf8)) as? [String: Any])
+            text += ((j["choices"] as? [[String: Any]])?.first?["text"] as? String) ?? ""
+        }
+        let whole = try post("/v1/completions", #"{"prompt":"Hello, the cat","max_tokens":4,"temperature":0,"echo":true,"ignore_eos":true}"#)
+        XCTAssertTrue(text.hasPrefix("Hello, the cat"), text)
+        XCTAssertEqual(text, (try whole.json()["choices"] as? [[String: Any]])?.first?["text"] as? String)
+    }
+
     func testChatCompletionAndStreaming() throws {
         let r = try post("/v1/chat/completions", #"{"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Hi"}],"max_tokens":4,"temperature":0,"ignore_eos":true,"logprobs":true,"top_logprobs":2}"#)
         XCTAssertEqual(r.status, 200, r.text)
