@@ -312,6 +312,40 @@ final class APITests: XCTestCase {
         XCTAssertEqual(try post("/v1/completions", #"{"prompt":"hi","max_tokens":1,"frobnicate":true}"#).status, 200)
     }
 
+    /// Seeded random damage to valid bodies: every answer is 200 or a 4xx with an OpenAI error body, and the
+    /// server keeps serving.
+    func testMutatedRequestsNeverBreakTheServer() throws {
+        let port = try server().port
+        var rng = RandomStream(seed: 7)
+        let weird: [String] = ["null", "true", "-1", "0", "2", "9223372036854775807", "-1e308", "0.5", "\"\"",
+                               "\"<|im_start|>\"", "[]", "{}", "[1,2]", "[[1],[2]]", "[\"a\"]", "{\"a\":1}", "[-5]",
+                               "[99999999]", "[[]]", "\"\\u0000\""]
+        let completionKeys = ["model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "min_p", "n", "stop",
+                              "seed", "presence_penalty", "logprobs", "echo", "stream", "stream_options", "ignore_eos"]
+        let chatKeys = ["model", "messages", "max_tokens", "logprobs", "top_logprobs", "stream", "n", "temperature"]
+        var statuses: [Int: Int] = [:]
+        for i in 0..<150 {
+            let chat = i % 2 == 1
+            var fields: [String: String] = chat
+                ? ["messages": #"[{"role":"user","content":"hi"}]"#, "max_tokens": "3", "logprobs": "true", "top_logprobs": "2"]
+                : ["prompt": "\"Hello\"", "max_tokens": "3", "n": "2", "logprobs": "1", "echo": "true", "ignore_eos": "true"]
+            let keys = chat ? chatKeys : completionKeys
+            for _ in 0..<(1 + Int(rng.next() % 3)) {
+                fields[keys[Int(rng.next() % UInt64(keys.count))]] = weird[Int(rng.next() % UInt64(weird.count))]
+            }
+            let body = "{" + fields.map { "\"\($0.key)\":\($0.value)" }.joined(separator: ",") + "}"
+            let r = try RawClient.request(port, "POST", chat ? "/v1/chat/completions" : "/v1/completions", body)
+            statuses[r.status, default: 0] += 1
+            if r.status != 200 {
+                XCTAssertTrue((400..<500).contains(r.status), "\(r.status) for \(body): \(r.text)")
+                XCTAssertNotNil(try? r.json()["error"] as? [String: Any], body)
+            }
+        }
+        XCTAssertGreaterThan(statuses[400] ?? 0, 0)
+        XCTAssertEqual(try RawClient.request(port, "GET", "/health").status, 200)
+        XCTAssertTrue(try server().engine.waitUntilIdle(timeout: 10))
+    }
+
     func testTokenizeDetokenizeAndMetrics() throws {
         let t = try post("/tokenize", #"{"prompt":"Hello, the cat","add_special_tokens":false}"#).json()
         let tokens = try XCTUnwrap(t["tokens"] as? [Int])
