@@ -518,12 +518,18 @@ final class SequenceState {
 /// Log-softmax over a logits row.
 enum TokenLogprobs {
     /// The k most likely tokens with their logprobs; `logprob` holds the log-sum-exp until a token is chosen.
-    static func compute(_ logits: UnsafePointer<Float>, vocab: Int, top k: Int) -> TokenLogprob {
+    /// The row's largest logit and log Σ exp(logit − largest), summed in Double: the log-sum-exp is their sum.
+    static func logSumExpParts(_ logits: UnsafePointer<Float>, vocab: Int) -> (max: Float, logSum: Double) {
         var maxL = -Float.infinity
         for i in 0..<vocab where logits[i] > maxL { maxL = logits[i] }
         var sum: Double = 0
         for i in 0..<vocab { sum += Double(expf(logits[i] - maxL)) }
-        let lse = maxL + Float(log(sum))
+        return (maxL, log(sum))
+    }
+
+    static func compute(_ logits: UnsafePointer<Float>, vocab: Int, top k: Int) -> TokenLogprob {
+        let (maxL, logSum) = logSumExpParts(logits, vocab: vocab)
+        let lse = maxL + Float(logSum)
         var best: [(token: Int32, logprob: Float)] = []
         if k > 0 {
             for i in 0..<vocab {

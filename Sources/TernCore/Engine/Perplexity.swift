@@ -63,11 +63,8 @@ public enum Perplexity {
                 for (k, r) in rows.enumerated() {
                     let row = logits + k * vocab
                     let target = Int(window[pos + r + 1])
-                    var maxL = -Float.infinity
-                    for i in 0..<vocab where row[i] > maxL { maxL = row[i] }
-                    var sum = 0.0
-                    for i in 0..<vocab { sum += Double(expf(row[i] - maxL)) }
-                    nll += log(sum) + Double(maxL) - Double(row[target])
+                    let (maxL, logSum) = TokenLogprobs.logSumExpParts(row, vocab: vocab)
+                    nll += logSum + Double(maxL) - Double(row[target])
                     count += 1
                 }
                 pos = end
