@@ -4,25 +4,9 @@
 
 import Foundation
 
-public struct GenerationRequest: Sendable {
-    public var promptTokens: [Int32]
-    public var maxTokens: Int
-    public var sampling: SamplingParameters
-    public var stopStrings: [String]
-    public var stopTokens: [Int32]
-    /// Keep going past end-of-generation tokens (load tests).
-    public var ignoreEOS: Bool
-
-    public init(promptTokens: [Int32], maxTokens: Int, sampling: SamplingParameters = .greedy,
-                stopStrings: [String] = [], stopTokens: [Int32] = [], ignoreEOS: Bool = false) {
-        self.promptTokens = promptTokens
-        self.maxTokens = maxTokens
-        self.sampling = sampling
-        self.stopStrings = stopStrings
-        self.stopTokens = stopTokens
-        self.ignoreEOS = ignoreEOS
-    }
-}
+/// A single-sequence generation is an engine request with one choice; `n`, `logprobs` and `promptLogprobs`
+/// are for the batching engine, and TextGenerator refuses requests that set them.
+public typealias GenerationRequest = EngineRequest
 
 public enum FinishReason: String, Sendable {
     case stop, length
@@ -66,6 +50,8 @@ public final class TextGenerator {
     public func generate(_ req: GenerationRequest, onText: (String) -> Bool = { _ in true }) throws -> GenerationResult {
         let model = loaded.model
         let tokenizer = loaded.tokenizer
+        precondition(req.n == 1 && req.logprobs == nil && !req.promptLogprobs,
+                     "TextGenerator produces one choice without logprobs; use Engine for more")
         guard !req.promptTokens.isEmpty else { throw GenerationError.emptyPrompt }
         guard req.promptTokens.count < contextLength else {
             throw GenerationError.promptTooLong(req.promptTokens.count, context: contextLength)
