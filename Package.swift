@@ -37,6 +37,7 @@ let package = Package(
         // Paths and helpers the test targets share.
         .target(
             name: "TernTestSupport",
+            dependencies: ["TernCore"],
             path: "Tests/TernTestSupport"
         ),
         .testTarget(

@@ -28,41 +28,12 @@ final class LlamaReferenceTests: XCTestCase {
         }
     }
 
-    /// All-position logits from one prefill.
-    func logits(_ loaded: LoadedModel, tokens: [Int32], batch: Int = 64) throws -> [[Float]] {
-        let model = loaded.model
-        let ws = model.makeWorkspace(maxTokens: batch, maxContext: 128, pool: WorkerPool(threads: 2))
-        let memory = model.makeMemory(capacity: 128)
-        var rows: [[Float]] = []
-        var i = 0
-        while i < tokens.count {
-            let chunk = Array(tokens[i..<min(i + batch, tokens.count)])
-            let out = try model.forward(tokens: chunk, memory: memory, workspace: ws, logitRows: 0..<chunk.count)
-            let v = model.vocabularySize
-            for r in 0..<chunk.count { rows.append(Array(UnsafeBufferPointer(start: out + r * v, count: v))) }
-            i += chunk.count
-        }
-        return rows
-    }
-
-    /// Largest |a − b| over all logits, relative to the largest |b| (the logit scale).
-    func relativeError(_ a: [[Float]], _ b: [[Float]]) -> Double {
-        var maxDiff = 0.0, scale = 0.0
-        for (ra, rb) in zip(a, b) {
-            for (x, y) in zip(ra, rb) {
-                maxDiff = max(maxDiff, Double(abs(x - y)))
-                scale = max(scale, Double(abs(y)))
-            }
-        }
-        return maxDiff / scale
-    }
-
     func testLogitsMatchNumpyReference() throws {
         for c in try Self.cases() {
             let loaded = try LoadedModel(path: TestPaths.fixture("llama/" + c.checkpoint))
-            let got = try logits(loaded, tokens: c.tokens)
+            let got = try allPositionLogits(loaded.model, tokens: c.tokens)
             XCTAssertEqual(got.count, c.logits.count)
-            let err = relativeError(got, c.logits)
+            let err = relativeLogitError(got, c.logits)
             // Float weights: float32 arithmetic against float64 → 1e-4. Quantized weights: Tern (like
             // llama.cpp) also quantizes activations to 8 bits, which the reference does not.
             let bound: Double
@@ -78,11 +49,11 @@ final class LlamaReferenceTests: XCTestCase {
     func testIncrementalDecodingEqualsPrefill() throws {
         let loaded = try LoadedModel(path: TestPaths.fixture("llama/llama-f32.gguf"))
         let tokens: [Int32] = try Self.cases()[0].tokens
-        let full = try logits(loaded, tokens: tokens, batch: 64)
-        let stepwise = try logits(loaded, tokens: tokens, batch: 1)
-        let chunked = try logits(loaded, tokens: tokens, batch: 5)
-        XCTAssertLessThan(relativeError(stepwise, full), 1e-5)
-        XCTAssertLessThan(relativeError(chunked, full), 1e-5)
+        let full = try allPositionLogits(loaded.model, tokens: tokens, batch: 64)
+        let stepwise = try allPositionLogits(loaded.model, tokens: tokens, batch: 1)
+        let chunked = try allPositionLogits(loaded.model, tokens: tokens, batch: 5)
+        XCTAssertLessThan(relativeLogitError(stepwise, full), 1e-5)
+        XCTAssertLessThan(relativeLogitError(chunked, full), 1e-5)
     }
 
     func testGreedyGenerationMatchesReference() throws {

@@ -43,36 +43,6 @@ final class MambaTests: XCTestCase {
         try LoadedModel(path: TestPaths.fixture("mamba/" + name))
     }
 
-    /// All-position logits, fed `batch` tokens per forward pass.
-    func logits(_ model: LanguageModel, tokens: [Int32], batch: Int = 64, threads: Int = 2) throws -> [[Float]] {
-        let ws = model.makeWorkspace(maxTokens: batch, maxContext: 128, pool: WorkerPool(threads: threads))
-        let memory = model.makeMemory(capacity: 128)
-        var rows: [[Float]] = []
-        var i = 0
-        while i < tokens.count {
-            let chunk = Array(tokens[i..<min(i + batch, tokens.count)])
-            let out = try model.forward(tokens: chunk, memory: memory, workspace: ws, logitRows: 0..<chunk.count)
-            let v = model.vocabularySize
-            for r in 0..<chunk.count { rows.append(Array(UnsafeBufferPointer(start: out + r * v, count: v))) }
-            i += chunk.count
-        }
-        XCTAssertEqual(memory.count, tokens.count)
-        return rows
-    }
-
-    /// Largest |a − b| over all logits, relative to the largest |b| (the logit scale).
-    func relativeError(_ a: [[Float]], _ b: [[Float]]) -> Double {
-        XCTAssertEqual(a.count, b.count)
-        var maxDiff = 0.0, scale = 0.0
-        for (ra, rb) in zip(a, b) {
-            XCTAssertEqual(ra.count, rb.count)
-            for (x, y) in zip(ra, rb) {
-                maxDiff = max(maxDiff, Double(abs(x - y)))
-                scale = max(scale, Double(abs(y)))
-            }
-        }
-        return maxDiff / scale
-    }
 
     func testLogitsMatchNumpyReference() throws {
         let cases = try Self.cases()
@@ -81,13 +51,13 @@ final class MambaTests: XCTestCase {
             let loaded = try Self.load(c.checkpoint)
             XCTAssertEqual(loaded.model.architecture, c.architecture)
             XCTAssertTrue(loaded.model is MambaModel)
-            let got = try logits(loaded.model, tokens: c.tokens)
-            let err = relativeError(got, c.logits)
+            let got = try allPositionLogits(loaded.model, tokens: c.tokens)
+            let err = relativeLogitError(got, c.logits)
             if let q8 = c.logitsQ8Activations {
                 // Quantized weights: Tern also rounds activations to Q8 blocks, which moves these tiny random
                 // models by 1.2–3.8% on its own (the script measures it); against a reference that rounds the
                 // same way only float32 arithmetic (and the odd rounding tie) remains.
-                let errQ8 = relativeError(got, q8)
+                let errQ8 = relativeLogitError(got, q8)
                 XCTAssertLessThan(errQ8, 2e-3, "\(c.checkpoint): relative logit error \(errQ8) with Q8 activations")
                 XCTAssertLessThan(err, 0.05, "\(c.checkpoint): relative logit error \(err)")
                 print("\(c.checkpoint): relative logit error \(err) (float reference), \(errQ8) (Q8-activation reference)")
@@ -103,13 +73,13 @@ final class MambaTests: XCTestCase {
         for name in ["mamba-f32.gguf", "mamba2-f32.gguf", "mamba-q8_0.gguf"] {
             let model = try Self.load(name).model
             let tokens = try Self.cases()[0].tokens
-            let full = try logits(model, tokens: tokens, batch: 64)
-            let stepwise = try logits(model, tokens: tokens, batch: 1)
-            let chunked = try logits(model, tokens: tokens, batch: 5)
-            let oneThread = try logits(model, tokens: tokens, batch: 3, threads: 1)
-            XCTAssertLessThan(relativeError(stepwise, full), 1e-5, name)
-            XCTAssertLessThan(relativeError(chunked, full), 1e-5, name)
-            XCTAssertLessThan(relativeError(oneThread, full), 1e-5, name)
+            let full = try allPositionLogits(model, tokens: tokens, batch: 64)
+            let stepwise = try allPositionLogits(model, tokens: tokens, batch: 1)
+            let chunked = try allPositionLogits(model, tokens: tokens, batch: 5)
+            let oneThread = try allPositionLogits(model, tokens: tokens, batch: 3, threads: 1)
+            XCTAssertLessThan(relativeLogitError(stepwise, full), 1e-5, name)
+            XCTAssertLessThan(relativeLogitError(chunked, full), 1e-5, name)
+            XCTAssertLessThan(relativeLogitError(oneThread, full), 1e-5, name)
         }
     }
 
@@ -124,7 +94,7 @@ final class MambaTests: XCTestCase {
             let next: [Int32] = [40, 7, 250]
             // Alone: prefill, then one decode step.
             var alone: [[[Float]]] = []
-            for (p, t) in zip(prompts, next) { alone.append(try logits(model, tokens: p + [t], batch: 64)) }
+            for (p, t) in zip(prompts, next) { alone.append(try allPositionLogits(model, tokens: p + [t], batch: 64)) }
             // Together: one batched prefill with every row's logits, then one batched decode step.
             let ws = model.makeWorkspace(maxTokens: 64, maxContext: 128, pool: WorkerPool(threads: 2))
             let memories = prompts.map { _ in model.makeMemory(capacity: 128) }
@@ -134,7 +104,7 @@ final class MambaTests: XCTestCase {
             for (i, p) in prompts.enumerated() {
                 for j in 0..<p.count {
                     let got = Array(UnsafeBufferPointer(start: out + row * v, count: v))
-                    XCTAssertLessThan(relativeError([got], [alone[i][j]]), 1e-5, "\(name) seq \(i) pos \(j)")
+                    XCTAssertLessThan(relativeLogitError([got], [alone[i][j]]), 1e-5, "\(name) seq \(i) pos \(j)")
                     row += 1
                 }
             }
@@ -142,7 +112,7 @@ final class MambaTests: XCTestCase {
             let out2 = try model.forward(step, workspace: ws)
             for i in 0..<prompts.count {
                 let got = Array(UnsafeBufferPointer(start: out2 + i * v, count: v))
-                XCTAssertLessThan(relativeError([got], [alone[i].last!]), 1e-5, "\(name) decode seq \(i)")
+                XCTAssertLessThan(relativeLogitError([got], [alone[i].last!]), 1e-5, "\(name) decode seq \(i)")
                 XCTAssertEqual(memories[i].count, prompts[i].count + 1)
             }
         }
@@ -169,7 +139,7 @@ final class MambaTests: XCTestCase {
             XCTAssertEqual(gguf.tokenizer.encode("Hello, the cat"), hf.tokenizer.encode("Hello, the cat"))
             let tokens = gguf.promptTokens(text: "Hello, the cat sat")
             XCTAssertEqual(tokens, hf.promptTokens(text: "Hello, the cat sat"))
-            XCTAssertLessThan(relativeError(try logits(g, tokens: tokens), try logits(h, tokens: tokens)), 1e-5)
+            XCTAssertLessThan(relativeLogitError(try allPositionLogits(g, tokens: tokens), try allPositionLogits(h, tokens: tokens)), 1e-5)
             XCTAssertEqual(g.weightBytesPerToken, h.weightBytesPerToken)
             XCTAssertGreaterThan(g.trainedContextLength, 100_000)
         }
