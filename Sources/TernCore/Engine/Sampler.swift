@@ -17,6 +17,8 @@ public struct SamplingParameters: Sendable, Equatable {
     /// CTRL/HF-style over the whole context: positive logits divided, negative multiplied. 1 disables.
     public var repetitionPenalty: Float = 1
     public var seed: UInt64?
+    /// OpenAI-style logit bias: added to the token's logit before penalties and sampling (−100…100).
+    public var logitBias: [Int32: Float] = [:]
 
     public init(temperature: Float = 1, topK: Int = 0, topP: Float = 1, minP: Float = 0,
                 presencePenalty: Float = 0, frequencyPenalty: Float = 0, repetitionPenalty: Float = 1,
@@ -91,6 +93,7 @@ public struct Sampler {
 
     public mutating func sample(logits: UnsafeMutablePointer<Float>, count n: Int) -> Int32 {
         let p = parameters
+        for (t, b) in p.logitBias where Int(t) >= 0 && Int(t) < n { logits[Int(t)] += b }
         if p.presencePenalty != 0 || p.frequencyPenalty != 0 {
             for (t, c) in generatedCounts where Int(t) < n {
                 logits[Int(t)] -= p.presencePenalty + p.frequencyPenalty * Float(c)
