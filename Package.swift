@@ -9,18 +9,16 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
     ],
     targets: [
-        // Innermost SIMD loops, with runtime CPU dispatch (AVX-512 VNNI, AVX2, scalar).
-        .target(
-            name: "CKernels",
-            cSettings: [.unsafeFlags(["-O3", "-fno-math-errno"])]
-        ),
+        // Innermost SIMD loops, with runtime CPU dispatch (AVX-512 VNNI, AVX2, scalar). No unsafe flags anywhere:
+        // a package that depends on TernCore by version must be able to build it; release builds optimise.
+        .target(name: "CKernels"),
         // Formats, tokenizer, chat templates, kernels' Swift side, models, cache, engine.
         .target(
             name: "TernCore",
-            dependencies: ["CKernels"],
-            swiftSettings: [.unsafeFlags(["-Ounchecked"])]
+            dependencies: ["CKernels", .product(name: "DequeModule", package: "swift-collections")]
         ),
         // System libraries for the server: TLS and gzip.
         .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),

@@ -389,3 +389,66 @@ void tern_attn_accumulate(int kv_type, const float *w, const void *values, size_
 #endif
     accumulate_scalar(kv_type, w, base, stride, hd, n, out);
 }
+
+/* ---------- many query rows over a segment list, with log-sum-exp ---------- */
+
+void tern_attn_rows(int kv_type, int64_t hd, float scale, const float *q, int64_t nq, size_t q_stride,
+                    const tern_kv_segment *segs, int64_t nseg, size_t layer_offset, size_t row_bytes,
+                    size_t head_offset, int64_t lo, int64_t hi, float *scratch, float *out, size_t out_stride,
+                    float *lse, float *sink) {
+    for (int64_t i = 0; i < nq; i++) {
+        const float *qi = q + (size_t)i * q_stride;
+        float *oi = out + (size_t)i * out_stride;
+        /* Scores of every visible row, packed in position order into scratch. */
+        float mx = -INFINITY;
+        int64_t k = 0;
+        for (int64_t s = 0; s < nseg; s++) {
+            const int64_t a = segs[s].first > lo ? segs[s].first : lo;
+            const int64_t e = segs[s].first + segs[s].count < hi ? segs[s].first + segs[s].count : hi;
+            if (a >= e) continue;
+            const uint8_t *keys = (const uint8_t *)segs[s].keys + layer_offset + (size_t)(a - segs[s].first) * row_bytes;
+            const float m = tern_attn_scores(kv_type, qi, keys, row_bytes, head_offset, hd, e - a, scale, scratch + k);
+            if (m > mx) mx = m;
+            k += e - a;
+        }
+        memset(oi, 0, (size_t)hd * sizeof(float));
+        if (k == 0) { lse[i] = -INFINITY; continue; }
+        float sum = 0.0f;
+        for (int64_t j = 0; j < k; j++) {
+            const float w = expf(scratch[j] - mx);
+            scratch[j] = w;
+            sum += w;
+        }
+        k = 0;
+        for (int64_t s = 0; s < nseg; s++) {
+            const int64_t a = segs[s].first > lo ? segs[s].first : lo;
+            const int64_t e = segs[s].first + segs[s].count < hi ? segs[s].first + segs[s].count : hi;
+            if (a >= e) continue;
+            const uint8_t *values = (const uint8_t *)segs[s].values + layer_offset + (size_t)(a - segs[s].first) * row_bytes;
+            tern_attn_accumulate(kv_type, scratch + k, values, row_bytes, head_offset, hd, e - a, oi);
+            if (sink) {
+                const float inv = 1.0f / sum;
+                for (int64_t j = 0; j < e - a; j++) sink[a + j] += scratch[k + j] * inv;
+            }
+            k += e - a;
+        }
+        const float inv = 1.0f / sum;
+        for (int64_t d = 0; d < hd; d++) oi[d] *= inv;
+        lse[i] = mx + logf(sum);
+    }
+}
+
+void tern_attn_merge(int64_t hd, float *o_a, float *lse_a, const float *o_b, float lse_b) {
+    const float la = *lse_a;
+    if (lse_b == -INFINITY) return;
+    if (la == -INFINITY) {
+        memcpy(o_a, o_b, (size_t)hd * sizeof(float));
+        *lse_a = lse_b;
+        return;
+    }
+    const float m = la > lse_b ? la : lse_b;
+    const float ea = expf(la - m), eb = expf(lse_b - m);
+    const float wa = ea / (ea + eb), wb = eb / (ea + eb);
+    for (int64_t d = 0; d < hd; d++) o_a[d] = wa * o_a[d] + wb * o_b[d];
+    *lse_a = m + logf(ea + eb);
+}

@@ -308,3 +308,42 @@ final class EngineLimitTests: XCTestCase {
         XCTAssertEqual(e.pool.availableBlocks, e.pool.blockCount)
     }
 }
+
+/// Threads come and go with their owners: an engine that is stopped and dropped leaves no thread behind.
+final class EngineLifecycleTests: XCTestCase {
+    /// Threads of this process with the given name (Linux: /proc/self/task/*/comm).
+    func threads(named name: String) -> Int {
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []
+        return tasks.filter { (try? String(contentsOfFile: "/proc/self/task/\($0)/comm", encoding: .utf8))?
+            .trimmingCharacters(in: .whitespacesAndNewlines) == name }.count
+    }
+
+    func testStoppedEngineAndDroppedPoolsFreeTheirThreads() throws {
+        let m = try LoadedModel(path: TestPaths.fixture("llama/llama-f32.gguf"))
+        let engines0 = threads(named: "tern-engine"), workers0 = threads(named: "tern-worker")
+        do {
+            var c = EngineConfiguration(threads: 3, contextLength: 64, kvCacheBytes: 8 << 20)
+            c.kvStorage = .f32
+            let e = try Engine(loaded: m, configuration: c)
+            e.start()
+            for _ in 0..<100 where threads(named: "tern-engine") == engines0 { Thread.sleep(forTimeInterval: 0.01) }
+            XCTAssertEqual(threads(named: "tern-engine"), engines0 + 1)
+            XCTAssertEqual(threads(named: "tern-worker"), workers0 + 2)
+            let done = EventCollector()
+            _ = try e.submit(EngineRequest(promptTokens: [1, 2, 3], maxTokens: 4)) { done.handle($0) }
+            XCTAssertTrue(done.wait())
+            e.stop()
+            e.stop()   // idempotent
+        }
+        do {
+            let gen = TextGenerator(loaded: m, contextLength: 64, threads: 2)
+            _ = try gen.generate(EngineRequest(promptTokens: [1, 2, 3], maxTokens: 3))
+        }
+        // Joined threads leave /proc at once; give the kernel a moment anyway.
+        for _ in 0..<50 where threads(named: "tern-engine") != engines0 || threads(named: "tern-worker") != workers0 {
+            Thread.sleep(forTimeInterval: 0.02)
+        }
+        XCTAssertEqual(threads(named: "tern-engine"), engines0)
+        XCTAssertEqual(threads(named: "tern-worker"), workers0)
+    }
+}

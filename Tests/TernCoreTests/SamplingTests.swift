@@ -63,3 +63,53 @@ final class SamplingTests: XCTestCase {
         XCTAssertEqual(n.finish(), "x")
     }
 }
+
+/// The sampling pipeline: logits processors, the distribution a draw uses, and snapshot/restore of the state.
+final class SamplingPipelineTests: XCTestCase {
+    func testDistributionIsTheSoftmaxTheDrawUses() {
+        var s = Sampler(parameters: SamplingParameters(temperature: 0.5, topK: 3, seed: 9))
+        let logits: [Float] = [0, 1, 2, 3, -5]
+        let d = logits.withUnsafeBufferPointer { s.distribution(processedLogits: $0.baseAddress!, count: 5) }
+        // Top 3 at temperature 0.5: weights exp(2·(l − 3)) for l = 3, 2, 1.
+        let w = [1.0, exp(-2.0), exp(-4.0)]
+        let total = w.reduce(0, +)
+        XCTAssertEqual(d.probability(of: 3), w[0] / total, accuracy: 1e-6)
+        XCTAssertEqual(d.probability(of: 1), w[2] / total, accuracy: 1e-6)
+        XCTAssertEqual(d.probability(of: 0), 0)
+        let greedy = Sampler(parameters: .greedy)
+        var g = greedy
+        let gd = logits.withUnsafeBufferPointer { g.distribution(processedLogits: $0.baseAddress!, count: 5) }
+        XCTAssertEqual(gd.probability(of: 3), 1)
+        XCTAssertEqual(gd.probability(of: 2), 0)
+    }
+
+    func testSnapshotRestoresRandomStreamAndPenalties() {
+        var s = Sampler(parameters: SamplingParameters(temperature: 1, frequencyPenalty: 1, seed: 4))
+        let base: [Float] = [0.3, 0.1, 0.2, 0.25, 0.15]
+        func draw(_ s: inout Sampler) -> Int32 {
+            var l = base
+            return l.withUnsafeMutableBufferPointer { s.sample(logits: $0.baseAddress!, count: 5) }
+        }
+        s.accept(2)
+        let snap = s.snapshot()
+        var first: [Int32] = []
+        for _ in 0..<20 { let t = draw(&s); s.accept(t); first.append(t) }
+        s.restore(snap)
+        var again: [Int32] = []
+        for _ in 0..<20 { let t = draw(&s); s.accept(t); again.append(t) }
+        XCTAssertEqual(first, again)
+    }
+
+    func testLogitBiasSteersGreedy() {
+        var s = Sampler(parameters: SamplingParameters(temperature: 0))
+        var p = s.parameters
+        p.logitBias = [1: 100]
+        s = Sampler(parameters: p)
+        var l: [Float] = [5, 0, 4]
+        XCTAssertEqual(l.withUnsafeMutableBufferPointer { s.sample(logits: $0.baseAddress!, count: 3) }, 1)
+        p.logitBias = [0: -100]
+        var t = Sampler(parameters: p)
+        var l2: [Float] = [5, 0, 4]
+        XCTAssertEqual(l2.withUnsafeMutableBufferPointer { t.sample(logits: $0.baseAddress!, count: 3) }, 2)
+    }
+}

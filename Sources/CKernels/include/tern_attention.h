@@ -25,6 +25,32 @@ float tern_attn_scores(int kv_type, const float *q, const void *keys, size_t str
 void tern_attn_accumulate(int kv_type, const float *w, const void *values, size_t stride, size_t offset,
                           int64_t hd, int64_t n, float *out);
 
+/* A run of consecutive cached positions whose rows are `row_bytes` apart. `keys`/`values` point at the run's first
+   row in the cache group's first layer; a layer's rows are `layer_offset` bytes further (the same for keys and
+   values). `first` is the logical position of the first row (positions may have gaps between segments). */
+typedef struct {
+    const void *keys;
+    const void *values;
+    int64_t first;
+    int64_t count;
+} tern_kv_segment;
+
+/* Softmax attention of `nq` query vectors (q + i * q_stride, hd floats each, sharing one KV head) over the rows of
+   `segs` whose positions lie in [lo, hi), this head's slice starting `head_offset` bytes into each row. For query i:
+   out + i * out_stride gets the normalised output, lse[i] the log-sum-exp of its scaled scores (-infinity and a
+   zero output when nothing is visible), so results over disjoint key sets merge exactly (tern_attn_merge).
+   `scratch` holds at least (visible rows) floats. If `sink` is not NULL, the attention weights of every query are
+   added to sink[position] (the score sink eviction policies read). The arithmetic is the same, operation for
+   operation, as tern_attn_scores then tern_attn_accumulate over the visible rows, whatever the segmentation. */
+void tern_attn_rows(int kv_type, int64_t hd, float scale, const float *q, int64_t nq, size_t q_stride,
+                    const tern_kv_segment *segs, int64_t nseg, size_t layer_offset, size_t row_bytes,
+                    size_t head_offset, int64_t lo, int64_t hi, float *scratch, float *out, size_t out_stride,
+                    float *lse, float *sink);
+
+/* Merges a partial result (o_b, lse_b) over one key set into (o_a, *lse_a) over a disjoint key set, in place:
+   o = w o_a + (1 - w) o_b with w = 1 / (1 + exp(lse_b - lse_a)); lse = log(exp(lse_a) + exp(lse_b)). */
+void tern_attn_merge(int64_t hd, float *o_a, float *lse_a, const float *o_b, float lse_b);
+
 #ifdef __cplusplus
 }
 #endif

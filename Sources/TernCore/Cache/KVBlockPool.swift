@@ -1,5 +1,5 @@
 // The paged KV store (vLLM's PagedAttention layout): one preallocated region cut into fixed-size blocks of
-// `blockSize` positions × all layers × keys and values. Blocks carry reference counts so sequences can share
+// `blockSize` positions × the layers of one cache group (KVCacheLayout.layersPerBlock) × keys and values. Blocks carry reference counts so sequences can share
 // them (forks, cached prompt prefixes); a full block is named by hash(parent's hash, its tokens) and stays
 // findable after its last user leaves, until it is reclaimed least-recently-used first.
 //
@@ -9,6 +9,9 @@ import CKernels
 import Foundation
 
 public final class KVBlockPool {
+    /// The block id a block table holds where its group no longer keeps a block.
+    public static let nullBlock: Int32 = -1
+    /// Layers one block holds (all of a model's layers when they form one cache group).
     public let layerCount: Int
     public let rowWidth: Int
     public let blockSize: Int
@@ -76,6 +79,10 @@ public final class KVBlockPool {
     func values(block: Int32, layer: Int) -> UnsafeMutableRawPointer {
         region + Int(block) * blockBytes + (layer * 2 + 1) * layerBytes
     }
+
+    /// Byte distance from a row of slot 0 to the same row of slot `slot` (keys and values alike).
+    @inline(__always)
+    func layerOffset(slot: Int) -> Int { slot * 2 * layerBytes }
 
     func copyBlock(from src: Int32, to dst: Int32) {
         (region + Int(dst) * blockBytes).copyMemory(from: region + Int(src) * blockBytes, byteCount: blockBytes)
@@ -156,12 +163,20 @@ public final class KVBlockPool {
         return h
     }
 
+    /// The prefix-cache key of a block of cache group `group` whose content hash is `hash`.
+    static func groupKey(_ hash: UInt64, group: Int) -> UInt64 {
+        group == 0 ? hash : (hash ^ (UInt64(group) &* 0x9E37_79B9_7F4A_7C15)) &* 0x1000_0000_01b3
+    }
+
     /// Finds a cached block by hash and takes a reference to it.
     func lookup(hash: UInt64) -> Int32? {
         guard let b = blockByHash[hash] else { return nil }
         retain(b)
         return b
     }
+
+    /// Finds a cached block by hash without taking a reference.
+    func peek(hash: UInt64) -> Int32? { blockByHash[hash] }
 
     /// Publishes a full block under `hash` (unless another block already holds that content).
     func register(block b: Int32, hash: UInt64) {

@@ -1,6 +1,9 @@
 // Per-sequence key/value memory for attention, and its contiguous implementation.
-// Models write K/V rows of new positions and read them back segment by segment: the contiguous memory is one
-// segment per layer; a paged cache presents one segment per block, so the attention code serves both.
+// Models write K/V rows of new positions and read them back as segments (runs of rows at known positions), one
+// list per cache group: the contiguous memory is one segment; a paged cache presents one segment per block it
+// still holds, so the attention code serves both, and a window group simply lists fewer blocks.
+
+import CKernels
 
 /// Element type of stored keys and values. q8_0 keeps GGML's Q8_0 blocks (32 values: an f16 scale and 32
 /// int8), so a row of `width` values (a multiple of 32) takes width/32 × 34 bytes.
@@ -19,6 +22,11 @@ public enum KVStorage: String, Sendable {
 
 public protocol KVMemory: SequenceMemory {
     var layerCount: Int { get }
+    /// The cache groups the layers are stored in.
+    var layout: KVCacheLayout { get }
+    /// Rows this memory holds for `group` (equal to `count` for full attention, fewer for a sliding window; a
+    /// logical position and a stored row are different things once rows are dropped).
+    func storedRows(group: Int) -> Int
     /// Values per position per layer (KV heads × head dimension).
     var rowWidth: Int { get }
     var storage: KVStorage { get }
@@ -26,10 +34,11 @@ public protocol KVMemory: SequenceMemory {
     func reserve(_ n: Int) throws
     /// Writes the key and value rows (rowWidth floats each) of one reserved position.
     func store(layer: Int, position: Int, key: UnsafePointer<Float>, value: UnsafePointer<Float>)
-    /// Calls `body(firstPosition, positionCount, keys, values)` for consecutive runs covering positions
-    /// 0..<positions; within a run, position p's row starts at byte (p - firstPosition) * storage.rowBytes(rowWidth).
-    func forEachSegment(layer: Int, positions: Int,
-                        _ body: (Int, Int, UnsafeRawPointer, UnsafeRawPointer) -> Void)
+    /// Appends the segments of `group` that hold positions below `positions`, in position order, with pointers
+    /// into the group's first layer; `layerOffset(layer)` bytes further are the same rows of `layer`.
+    func appendSegments(group: Int, below positions: Int, to segments: inout [tern_kv_segment])
+    /// Byte distance from a row of the group's first layer to the same row of `layer`.
+    func layerOffset(_ layer: Int) -> Int
     /// Marks `n` reserved positions as written.
     func commit(_ n: Int)
     /// Forgets every position from `count` on (speculation rollback, perplexity windows).
@@ -47,6 +56,7 @@ public final class ContiguousKVMemory: KVMemory {
     public let layerCount: Int
     public let rowWidth: Int
     public let capacity: Int
+    public let layout: KVCacheLayout
     public var storage: KVStorage { .f32 }
     public private(set) var count = 0
     private let keys: UnsafeMutablePointer<Float>
@@ -58,6 +68,7 @@ public final class ContiguousKVMemory: KVMemory {
         self.rowWidth = rowWidth
         self.capacity = capacity
         layerStride = capacity * rowWidth
+        layout = .fullAttention(layers: layers)
         // Large allocations come from mmap, so untouched pages of a long context cost no resident memory.
         keys = .allocate(capacity: max(1, layers * layerStride))
         values = .allocate(capacity: max(1, layers * layerStride))
@@ -77,10 +88,15 @@ public final class ContiguousKVMemory: KVMemory {
         (values + layer * layerStride + position * rowWidth).update(from: value, count: rowWidth)
     }
 
-    public func forEachSegment(layer: Int, positions: Int,
-                               _ body: (Int, Int, UnsafeRawPointer, UnsafeRawPointer) -> Void) {
-        body(0, positions, UnsafeRawPointer(keys + layer * layerStride), UnsafeRawPointer(values + layer * layerStride))
+    public func storedRows(group: Int) -> Int { count }
+
+    public func appendSegments(group: Int, below positions: Int, to segments: inout [tern_kv_segment]) {
+        guard positions > 0 else { return }
+        segments.append(tern_kv_segment(keys: UnsafeRawPointer(keys), values: UnsafeRawPointer(values),
+                                        first: 0, count: Int64(min(positions, capacity))))
     }
+
+    public func layerOffset(_ layer: Int) -> Int { layer * layerStride * MemoryLayout<Float>.stride }
 
     public func commit(_ n: Int) { count = min(capacity, count + n) }
 

@@ -1,76 +1,105 @@
-// One sequence's view of the paged KV store: a block table (logical block → physical block) over a
-// KVBlockPool. Shared blocks (forks, cached prefixes) are copied before the first write (copy-on-write);
-// full blocks are published to the pool's prefix cache as they fill. Engine-thread only, like the pool.
+// One sequence's view of the paged KV store: a block table per cache group (logical block → physical block) over
+// a KVBlockPool. Shared blocks (forks, cached prefixes) are copied before the first write (copy-on-write); full
+// blocks are published to the pool's prefix cache as they fill; a sliding-window group hands back the blocks that
+// left its window and keeps the null block in their place. `count` is the next logical position; the rows a group
+// holds are counted apart (`storedRows`). Engine-thread only, like the pool.
 
 import CKernels
+
+/// Physical blocks of one cache group for one sequence, in logical order.
+public struct BlockTable: Sendable {
+    /// `KVBlockPool.nullBlock` where the group no longer holds the block (it slid out of a window).
+    public fileprivate(set) var blocks: [Int32] = []
+    /// Leading entries that are null (released by a window).
+    public fileprivate(set) var releasedPrefix = 0
+    /// Positions below this are backed by blocks this sequence may write.
+    fileprivate var writableUpTo = 0
+}
 
 public final class PagedKVMemory: KVMemory {
     public let pool: KVBlockPool
     public let capacity: Int
-    public private(set) var blocks: [Int32] = []
+    public let layout: KVCacheLayout
+    public private(set) var tables: [BlockTable]
     public private(set) var count = 0
     /// Tokens stored so far (to name full blocks in the prefix cache).
     public private(set) var tokens: [Int32] = []
-    /// Hash of each full block, in order.
+    /// Hash of each full block, in order (the same for every group; the pool keys it by group).
     private var hashes: [UInt64] = []
-    /// Positions below this are backed by blocks this sequence may write.
-    private var writableUpTo = 0
 
-    public var layerCount: Int { pool.layerCount }
+    public var layerCount: Int { layout.layerCount }
     public var rowWidth: Int { pool.rowWidth }
     public var storage: KVStorage { pool.storage }
     public var blockSize: Int { pool.blockSize }
+    /// The first group's block table (the only one for a model whose layers all attend fully).
+    public var blocks: [Int32] { tables[0].blocks }
 
-    public init(pool: KVBlockPool, capacity: Int) {
+    /// `layout` defaults to one full-attention group of the pool's layers.
+    public init(pool: KVBlockPool, capacity: Int, layout: KVCacheLayout? = nil) {
+        let layout = layout ?? .fullAttention(layers: pool.layerCount)
+        precondition(layout.layersPerBlock == pool.layerCount, "the pool's blocks hold \(pool.layerCount) layers, the layout \(layout.layersPerBlock)")
         self.pool = pool
         self.capacity = capacity
+        self.layout = layout
+        tables = Array(repeating: BlockTable(), count: layout.groups.count)
         tokens.reserveCapacity(min(capacity, 4096))
     }
 
     deinit { releaseAll() }
 
-    /// Blocks still needed to absorb `n` more tokens (including a copy of a shared last block).
+    public func storedRows(group: Int) -> Int {
+        max(0, count - tables[group].releasedPrefix * pool.blockSize)
+    }
+
+    private var writableUpTo: Int { tables.map(\.writableUpTo).min() ?? 0 }
+
+    /// Blocks still needed to absorb `n` more tokens (including copies of shared last blocks).
     public func blocksNeeded(for n: Int) -> Int {
         let bs = pool.blockSize
         let end = count + n
-        let have = blocks.count
-        var need = max(0, (end + bs - 1) / bs - have)
-        if n > 0, count < have * bs, !isWritable(block: count / bs) { need += 1 }
+        var need = 0
+        for t in tables {
+            need += max(0, (end + bs - 1) / bs - t.blocks.count)
+            if n > 0, count < t.blocks.count * bs, !isWritable(t.blocks[count / bs]) { need += 1 }
+        }
         return need
     }
 
-    private func isWritable(block i: Int) -> Bool {
-        let b = blocks[i]
-        return pool.referenceCount(b) == 1 && !pool.isPublished(b)
+    private func isWritable(_ b: Int32) -> Bool {
+        b == KVBlockPool.nullBlock || (pool.referenceCount(b) == 1 && !pool.isPublished(b))
     }
 
     public func reserve(_ n: Int) throws {
         let end = count + n
         guard n >= 0, end <= capacity else { throw KVMemoryFullError(capacity: capacity) }
-        if end <= writableUpTo { return }
         let bs = pool.blockSize
-        // The partly filled last block may be shared or published: copy it before writing.
-        if count < blocks.count * bs {
-            let i = count / bs
-            if !isWritable(block: i) {
-                guard let fresh = pool.allocate() else { throw KVMemoryFullError(capacity: count) }
-                pool.copyBlock(from: blocks[i], to: fresh)
-                pool.release(blocks[i])
-                blocks[i] = fresh
+        for g in tables.indices where end > tables[g].writableUpTo {
+            // The partly filled last block may be shared or published: copy it before writing.
+            if count < tables[g].blocks.count * bs {
+                let i = count / bs
+                let b = tables[g].blocks[i]
+                if !isWritable(b) {
+                    guard let fresh = pool.allocate() else { throw KVMemoryFullError(capacity: count) }
+                    pool.copyBlock(from: b, to: fresh)
+                    pool.release(b)
+                    tables[g].blocks[i] = fresh
+                }
             }
+            while tables[g].blocks.count * bs < end {
+                guard let b = pool.allocate() else { throw KVMemoryFullError(capacity: count) }
+                tables[g].blocks.append(b)
+            }
+            tables[g].writableUpTo = end
         }
-        while blocks.count * bs < end {
-            guard let b = pool.allocate() else { throw KVMemoryFullError(capacity: count) }
-            blocks.append(b)
-        }
-        writableUpTo = end
     }
 
     public func store(layer: Int, position: Int, key: UnsafePointer<Float>, value: UnsafePointer<Float>) {
         let bs = pool.blockSize
-        let b = blocks[position / bs]
+        let b = tables[layout.groupOfLayer[layer]].blocks[position / bs]
+        precondition(b != KVBlockPool.nullBlock, "writing position \(position) of a block the window released")
         let offset = (position % bs) * pool.storage.rowBytes(rowWidth)
-        let kd = pool.keys(block: b, layer: layer) + offset, vd = pool.values(block: b, layer: layer) + offset
+        let slot = layout.slotOfLayer[layer]
+        let kd = pool.keys(block: b, layer: slot) + offset, vd = pool.values(block: b, layer: slot) + offset
         switch pool.storage {
         case .f32:
             kd.assumingMemoryBound(to: Float.self).update(from: key, count: rowWidth)
@@ -84,22 +113,43 @@ public final class PagedKVMemory: KVMemory {
         }
     }
 
-    public func forEachSegment(layer: Int, positions: Int,
-                               _ body: (Int, Int, UnsafeRawPointer, UnsafeRawPointer) -> Void) {
+    public func appendSegments(group: Int, below positions: Int, to segments: inout [tern_kv_segment]) {
         let bs = pool.blockSize
-        var first = 0
-        var i = 0
-        while first < positions {
-            let n = min(bs, positions - first)
-            body(first, n, UnsafeRawPointer(pool.keys(block: blocks[i], layer: layer)),
-                 UnsafeRawPointer(pool.values(block: blocks[i], layer: layer)))
-            first += n
+        let t = tables[group]
+        let end = min(positions, t.blocks.count * bs)
+        var i = t.releasedPrefix
+        while i * bs < end {
+            let b = t.blocks[i]
+            if b != KVBlockPool.nullBlock {
+                segments.append(tern_kv_segment(keys: UnsafeRawPointer(pool.keys(block: b, layer: 0)),
+                                                values: UnsafeRawPointer(pool.values(block: b, layer: 0)),
+                                                first: Int64(i * bs), count: Int64(min(bs, end - i * bs))))
+            }
             i += 1
         }
     }
 
+    public func layerOffset(_ layer: Int) -> Int { pool.layerOffset(slot: layout.slotOfLayer[layer]) }
+
     public func commit(_ n: Int) {
         count = min(count + n, writableUpTo)
+        slideWindows()
+    }
+
+    /// Hands back the blocks of window groups that no future query can read: the next query sits at `count`
+    /// and reads positions from count − window + 1 on.
+    private func slideWindows() {
+        let bs = pool.blockSize
+        for g in tables.indices {
+            guard let w = layout.groups[g].window else { continue }
+            let firstNeeded = count - w + 1
+            while (tables[g].releasedPrefix + 1) * bs <= firstNeeded && tables[g].releasedPrefix < tables[g].blocks.count {
+                let i = tables[g].releasedPrefix
+                pool.release(tables[g].blocks[i])
+                tables[g].blocks[i] = KVBlockPool.nullBlock
+                tables[g].releasedPrefix += 1
+            }
+        }
     }
 
     /// Records the tokens whose K/V were just committed and publishes blocks that became full.
@@ -110,7 +160,9 @@ public final class PagedKVMemory: KVMemory {
             let i = hashes.count
             let h = KVBlockPool.blockHash(parent: hashes.last ?? 0, tokens: tokens[(i * bs)..<((i + 1) * bs)])
             hashes.append(h)
-            pool.register(block: blocks[i], hash: h)
+            for g in tables.indices where tables[g].blocks[i] != KVBlockPool.nullBlock {
+                pool.register(block: tables[g].blocks[i], hash: KVBlockPool.groupKey(h, group: g))
+            }
         }
     }
 
@@ -119,62 +171,108 @@ public final class PagedKVMemory: KVMemory {
         count = n
         let bs = pool.blockSize
         let keep = (n + bs - 1) / bs
-        while blocks.count > keep { pool.release(blocks.removeLast()) }
+        for g in tables.indices {
+            while tables[g].blocks.count > keep {
+                let b = tables[g].blocks.removeLast()
+                if b != KVBlockPool.nullBlock { pool.release(b) }
+            }
+            tables[g].releasedPrefix = min(tables[g].releasedPrefix, tables[g].blocks.count)
+            tables[g].writableUpTo = min(tables[g].writableUpTo, n)
+        }
         if tokens.count > n { tokens.removeLast(tokens.count - n) }
         if hashes.count > n / bs { hashes.removeLast(hashes.count - n / bs) }
-        writableUpTo = min(writableUpTo, n)
     }
 
+    /// Fails when a window group already released rows that the query at `newCount` would read.
     public func rollback(to newCount: Int) -> Bool {
+        let bs = pool.blockSize
+        for g in tables.indices {
+            if let w = layout.groups[g].window, tables[g].releasedPrefix * bs > max(0, newCount - w + 1) { return false }
+        }
         truncate(to: newCount)
         return true
     }
 
     /// Attaches cached blocks for the longest cached prefix of `prompt`, at most `limit` tokens, whole blocks
-    /// only. Returns the number of tokens attached. The memory must be empty.
+    /// only. Full-attention groups need every block of the prefix; a window group only the blocks its window
+    /// still reads at the cut (older ones stay null). Returns the number of tokens attached. The memory must be
+    /// empty.
     @discardableResult
     public func attachCachedPrefix(_ prompt: [Int32], limit: Int) -> Int {
-        precondition(count == 0 && blocks.isEmpty)
+        precondition(count == 0 && tables.allSatisfy { $0.blocks.isEmpty })
         let bs = pool.blockSize
         let full = min(limit, prompt.count) / bs
+        var found: [[Int32?]] = Array(repeating: [], count: tables.count)
+        var chain: [UInt64] = []
         var parent: UInt64 = 0
-        var hits = 0
+        // Longest run of blocks every full-attention group has.
         for i in 0..<full {
             let h = KVBlockPool.blockHash(parent: parent, tokens: prompt[(i * bs)..<((i + 1) * bs)])
-            guard let b = pool.lookup(hash: h) else { break }
-            blocks.append(b)
-            hashes.append(h)
+            var complete = true
+            for g in tables.indices {
+                let b = pool.peek(hash: KVBlockPool.groupKey(h, group: g))
+                found[g].append(b)
+                if b == nil && layout.groups[g].window == nil { complete = false }
+            }
+            if !complete { for g in tables.indices { found[g].removeLast() }; break }
+            chain.append(h)
             parent = h
-            hits += 1
         }
-        pool.countPrefixQuery(hitBlocks: hits, queriedBlocks: full)
-        count = hits * bs
+        // Shrink the cut until every window group has the blocks its window reads there.
+        var n = chain.count
+        while n > 0 {
+            var ok = true
+            for g in tables.indices {
+                guard let w = layout.groups[g].window else { continue }
+                let firstNeeded = max(0, n * bs - w)
+                for i in (firstNeeded / bs)..<n where found[g][i] == nil { ok = false }
+            }
+            if ok { break }
+            n -= 1
+        }
+        pool.countPrefixQuery(hitBlocks: n, queriedBlocks: full)
+        for g in tables.indices {
+            let firstNeeded = layout.groups[g].window.map { max(0, n * bs - $0) / bs } ?? 0
+            for i in 0..<n {
+                if i >= firstNeeded, let b = found[g][i] {
+                    pool.retain(b)
+                    tables[g].blocks.append(b)
+                } else {
+                    tables[g].blocks.append(KVBlockPool.nullBlock)
+                    tables[g].releasedPrefix = i + 1
+                }
+            }
+        }
+        hashes = Array(chain[0..<n])
+        count = n * bs
         tokens = Array(prompt[0..<count])
-        writableUpTo = 0
         return count
     }
 
     /// A second sequence sharing everything stored so far (n > 1 choices); it copies on its first write.
     public func fork() -> PagedKVMemory {
-        let f = PagedKVMemory(pool: pool, capacity: capacity)
-        for b in blocks { pool.retain(b) }
-        f.blocks = blocks
+        let f = PagedKVMemory(pool: pool, capacity: capacity, layout: layout)
+        for g in tables.indices {
+            for b in tables[g].blocks where b != KVBlockPool.nullBlock { pool.retain(b) }
+            f.tables[g] = tables[g]
+            f.tables[g].writableUpTo = 0
+            // Our own partial last block is now shared too.
+            tables[g].writableUpTo = min(tables[g].writableUpTo, count)
+        }
         f.count = count
         f.tokens = tokens
         f.hashes = hashes
-        f.writableUpTo = 0
-        // Our own partial last block is now shared too.
-        writableUpTo = min(writableUpTo, count)
         return f
     }
 
     /// Returns every block to the pool (finish, cancel, preemption).
     public func releaseAll() {
-        for b in blocks { pool.release(b) }
-        blocks.removeAll()
+        for g in tables.indices {
+            for b in tables[g].blocks where b != KVBlockPool.nullBlock { pool.release(b) }
+            tables[g] = BlockTable()
+        }
         hashes.removeAll()
         tokens.removeAll()
         count = 0
-        writableUpTo = 0
     }
 }

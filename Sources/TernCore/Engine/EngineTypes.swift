@@ -65,6 +65,8 @@ public struct EngineUsage: Sendable {
     public var promptTokens: Int
     public var cachedPromptTokens: Int
     public var completionTokens: Int
+    /// Per choice: the end-of-generation or stop token that ended it (not part of its output), if one did.
+    public var stopTokens: [Int32?] = []
 }
 
 public enum EngineEvent: Sendable {

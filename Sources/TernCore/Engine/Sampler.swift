@@ -1,6 +1,10 @@
-// Turns a row of logits into the next token: penalties, then greedy or temperature sampling restricted by
-// top-k, top-p and min-p. Seeded runs are reproducible: the random stream is Tern's own xoshiro256**,
-// so the same seed and inputs give the same tokens on every machine.
+// Turns a row of logits into the next token in two stages: logits processors edit the row (logit bias,
+// presence/frequency and repetition penalties; grammars later), then the sampler turns the row into the
+// distribution it draws from (greedy, or temperature restricted by top-k, top-p and min-p) and draws. The
+// distribution is a value of its own so speculative decoding can compare target and draft probabilities, and the
+// sampler's whole per-request state (random stream, processors' counts) can be snapshotted and restored for
+// forks and rollback. Seeded runs are reproducible: the random stream is Tern's own xoshiro256**, so the same
+// seed and inputs give the same tokens on every machine.
 
 import Foundation
 
@@ -70,43 +74,121 @@ public struct RandomStream: Sendable {
     }
 }
 
+/// Edits a row of logits before a token is chosen. Value types: copying the sampler copies their state.
+public protocol LogitsProcessor: Sendable {
+    /// Applies the processor to `logits[0..<count]`.
+    func process(_ logits: UnsafeMutablePointer<Float>, count: Int)
+    /// A token became part of the output (sampled, or accepted from a draft).
+    mutating func accept(_ token: Int32)
+}
+
+/// OpenAI's logit_bias: a fixed amount added to chosen tokens' logits.
+public struct LogitBiasProcessor: LogitsProcessor {
+    public let bias: [Int32: Float]
+    public init(bias: [Int32: Float]) { self.bias = bias }
+    public func process(_ logits: UnsafeMutablePointer<Float>, count: Int) {
+        for (t, b) in bias where Int(t) >= 0 && Int(t) < count { logits[Int(t)] += b }
+    }
+    public mutating func accept(_ token: Int32) {}
+}
+
+/// OpenAI-style penalties over generated tokens: logit −= presence·[count > 0] + frequency·count.
+public struct PresenceFrequencyPenalty: LogitsProcessor {
+    public let presence: Float
+    public let frequency: Float
+    private var counts: [Int32: Int] = [:]
+    public init(presence: Float, frequency: Float) {
+        self.presence = presence
+        self.frequency = frequency
+    }
+    public func process(_ logits: UnsafeMutablePointer<Float>, count: Int) {
+        for (t, c) in counts where Int(t) < count { logits[Int(t)] -= presence + frequency * Float(c) }
+    }
+    public mutating func accept(_ token: Int32) { counts[token, default: 0] += 1 }
+}
+
+/// CTRL/HF-style penalty over the whole context (prompt and output): positive logits divided, negative multiplied.
+public struct RepetitionPenalty: LogitsProcessor {
+    public let penalty: Float
+    private var seen: Set<Int32>
+    public init(penalty: Float, context: [Int32]) {
+        self.penalty = penalty
+        seen = Set(context)
+    }
+    public func process(_ logits: UnsafeMutablePointer<Float>, count: Int) {
+        for t in seen where Int(t) < count {
+            let l = logits[Int(t)]
+            logits[Int(t)] = l > 0 ? l / penalty : l * penalty
+        }
+    }
+    public mutating func accept(_ token: Int32) { seen.insert(token) }
+}
+
+/// The distribution one draw is made from: a single token (greedy), or candidates with unnormalised weights.
+public struct SamplingDistribution: Sendable {
+    public enum Kind: Sendable { case greedy(Int32), weighted }
+    public var kind: Kind
+    /// Candidates in draw order with weights relative to the best (weighted only).
+    public var candidates: [(id: Int32, weight: Float)]
+    public var totalWeight: Double
+
+    /// Probability of `token` under this distribution.
+    public func probability(of token: Int32) -> Double {
+        switch kind {
+        case .greedy(let t): return t == token ? 1 : 0
+        case .weighted:
+            guard totalWeight > 0 else { return 0 }
+            for c in candidates where c.id == token { return Double(c.weight) / totalWeight }
+            return 0
+        }
+    }
+}
+
 public struct Sampler {
     public let parameters: SamplingParameters
     private var random: RandomStream
-    /// How often each token was generated so far (presence/frequency penalties).
-    private var generatedCounts: [Int32: Int] = [:]
-    /// Tokens seen in the context (repetition penalty).
-    private var contextTokens: Set<Int32> = []
-    private var candidates: [(id: Int32, p: Float)] = []
+    private var processors: [any LogitsProcessor] = []
+    private var candidates: [(id: Int32, weight: Float)] = []
+
+    /// Everything that changes as a request generates: restore it to go back (forks, rejected drafts).
+    public struct Snapshot: Sendable {
+        fileprivate let random: RandomStream
+        fileprivate let processors: [any LogitsProcessor]
+    }
 
     public init(parameters: SamplingParameters, context: [Int32] = []) {
         self.parameters = parameters
         random = RandomStream(seed: parameters.seed ?? UInt64.random(in: 0...UInt64.max))
-        if parameters.repetitionPenalty != 1 { contextTokens = Set(context) }
+        if !parameters.logitBias.isEmpty { processors.append(LogitBiasProcessor(bias: parameters.logitBias)) }
+        if parameters.presencePenalty != 0 || parameters.frequencyPenalty != 0 {
+            processors.append(PresenceFrequencyPenalty(presence: parameters.presencePenalty, frequency: parameters.frequencyPenalty))
+        }
+        if parameters.repetitionPenalty != 1 {
+            processors.append(RepetitionPenalty(penalty: parameters.repetitionPenalty, context: context))
+        }
+    }
+
+    public func snapshot() -> Snapshot { Snapshot(random: random, processors: processors) }
+
+    public mutating func restore(_ s: Snapshot) {
+        random = s.random
+        processors = s.processors
     }
 
     /// Records a token that became part of the output (after sampling, or forced).
     public mutating func accept(_ token: Int32) {
-        generatedCounts[token, default: 0] += 1
-        if parameters.repetitionPenalty != 1 { contextTokens.insert(token) }
+        for i in processors.indices { processors[i].accept(token) }
     }
 
-    public mutating func sample(logits: UnsafeMutablePointer<Float>, count n: Int) -> Int32 {
-        let p = parameters
-        for (t, b) in p.logitBias where Int(t) >= 0 && Int(t) < n { logits[Int(t)] += b }
-        if p.presencePenalty != 0 || p.frequencyPenalty != 0 {
-            for (t, c) in generatedCounts where Int(t) < n {
-                logits[Int(t)] -= p.presencePenalty + p.frequencyPenalty * Float(c)
-            }
-        }
-        if p.repetitionPenalty != 1 {
-            for t in contextTokens where Int(t) < n {
-                let l = logits[Int(t)]
-                logits[Int(t)] = l > 0 ? l / p.repetitionPenalty : l * p.repetitionPenalty
-            }
-        }
-        if p.temperature <= 0 { return Self.argmax(logits, n) }
+    /// Runs the logits processors over the row, in place.
+    public func process(logits: UnsafeMutablePointer<Float>, count n: Int) {
+        for p in processors { p.process(logits, count: n) }
+    }
 
+    /// The distribution the next draw would use for a processed row.
+    public mutating func distribution(processedLogits logits: UnsafePointer<Float>, count n: Int) -> SamplingDistribution {
+        let p = parameters
+        if p.temperature <= 0 { return SamplingDistribution(kind: .greedy(Self.argmax(logits, n)), candidates: [], totalWeight: 1) }
         var maxLogit = -Float.infinity
         for i in 0..<n where logits[i] > maxLogit { maxLogit = logits[i] }
         let invT = 1 / p.temperature
@@ -117,30 +199,47 @@ public struct Sampler {
             let w = expf((logits[i] - maxLogit) * invT)
             if w >= minWeight && w > 0 { candidates.append((Int32(i), w)) }
         }
-        let restrict = p.topK > 0 || p.topP < 1
-        if restrict {
-            candidates.sort { $0.p > $1.p || ($0.p == $1.p && $0.id < $1.id) }
+        if p.topK > 0 || p.topP < 1 {
+            candidates.sort { $0.weight > $1.weight || ($0.weight == $1.weight && $0.id < $1.id) }
             if p.topK > 0 && candidates.count > p.topK { candidates.removeLast(candidates.count - p.topK) }
             if p.topP < 1 {
                 var total: Float = 0
-                for c in candidates { total += c.p }
+                for c in candidates { total += c.weight }
                 var cumulative: Float = 0
                 var keep = candidates.count
                 for (i, c) in candidates.enumerated() {
-                    cumulative += c.p
+                    cumulative += c.weight
                     if cumulative >= p.topP * total { keep = i + 1; break }
                 }
                 candidates.removeLast(candidates.count - keep)
             }
         }
+        if candidates.isEmpty { return SamplingDistribution(kind: .greedy(Self.argmax(logits, n)), candidates: [], totalWeight: 1) }
         var total: Double = 0
-        for c in candidates { total += Double(c.p) }
-        var target = random.nextUnit() * total
-        for c in candidates {
-            target -= Double(c.p)
-            if target < 0 { return c.id }
+        for c in candidates { total += Double(c.weight) }
+        return SamplingDistribution(kind: .weighted, candidates: candidates, totalWeight: total)
+    }
+
+    /// One draw from `d` (greedy takes no random number).
+    public mutating func draw(from d: SamplingDistribution) -> Int32 {
+        switch d.kind {
+        case .greedy(let t): return t
+        case .weighted:
+            var target = random.nextUnit() * d.totalWeight
+            for c in d.candidates {
+                target -= Double(c.weight)
+                if target < 0 { return c.id }
+            }
+            return d.candidates.last!.id
         }
-        return candidates.last?.id ?? Self.argmax(logits, n)
+    }
+
+    /// Processes the row in place and draws the next token from it.
+    public mutating func sample(logits: UnsafeMutablePointer<Float>, count n: Int) -> Int32 {
+        process(logits: logits, count: n)
+        if parameters.temperature <= 0 { return Self.argmax(logits, n) }
+        let d = distribution(processedLogits: logits, count: n)
+        return draw(from: d)
     }
 
     public static func argmax(_ logits: UnsafePointer<Float>, _ n: Int) -> Int32 {

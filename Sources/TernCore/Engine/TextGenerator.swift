@@ -1,6 +1,6 @@
-// Generation for one sequence: prefill the prompt in chunks, then sample token by token until a stop token,
-// a stop string or the token limit. Text is streamed through a callback as it becomes final.
-// The server's batching engine (a later issue) drives the same model and sampler over many sequences.
+// Generation for one sequence, as `tern generate` and the tests use it: a request submitted to an Engine of its
+// own (one decode loop in the project: the engine's), with its events read back on the caller's thread, so the
+// text callback runs there and may cancel. KV blocks are f32, so the numbers equal an unpaged forward pass.
 
 import Foundation
 
@@ -26,87 +26,113 @@ public struct GenerationResult: Sendable {
 public enum GenerationError: Error, CustomStringConvertible {
     case emptyPrompt
     case promptTooLong(Int, context: Int)
+    case failed(String)
     public var description: String {
         switch self {
         case .emptyPrompt: return "the prompt is empty"
         case .promptTooLong(let n, let c): return "the prompt has \(n) tokens; the context holds \(c)"
+        case .failed(let m): return m
         }
     }
 }
 
 public final class TextGenerator {
     public let loaded: LoadedModel
-    public let workspace: ModelWorkspace
     public let contextLength: Int
+    private let engine: Engine
 
     public init(loaded: LoadedModel, contextLength: Int, threads: Int, batchTokens: Int = 256) {
         self.loaded = loaded
         self.contextLength = contextLength
-        let pool = WorkerPool(threads: threads)
-        workspace = loaded.model.makeWorkspace(maxTokens: batchTokens, maxContext: contextLength, pool: pool)
+        var config = EngineConfiguration(threads: threads, contextLength: contextLength, kvCacheBytes: 0)
+        config.kvStorage = .f32
+        config.maxBatchTokens = max(1, batchTokens)
+        config.maxRunning = 1
+        config.prefixCaching = false
+        if let llama = loaded.llama {
+            // The whole context in f32 blocks, and one spare block.
+            let blocks = (contextLength + config.blockSize - 1) / config.blockSize + 1
+            config.kvCacheBytes = blocks * config.blockSize * llama.config.layerCount * 2 * llama.kvDim * 4
+        }
+        // Sized from the model itself, so only a model the engine cannot serve at all fails here.
+        engine = try! Engine(loaded: loaded, configuration: config)
+        engine.start()
     }
+
+    deinit { engine.stop() }
 
     /// Runs the request; `onText` receives final text pieces and returns false to cancel.
     public func generate(_ req: GenerationRequest, onText: (String) -> Bool = { _ in true }) throws -> GenerationResult {
-        let model = loaded.model
-        let tokenizer = loaded.tokenizer
         precondition(req.n == 1 && req.logprobs == nil && !req.promptLogprobs,
                      "TextGenerator produces one choice without logprobs; use Engine for more")
         guard !req.promptTokens.isEmpty else { throw GenerationError.emptyPrompt }
         guard req.promptTokens.count < contextLength else {
             throw GenerationError.promptTooLong(req.promptTokens.count, context: contextLength)
         }
-        let memory = model.makeMemory(capacity: contextLength)
-        let vocab = model.vocabularySize
-        var sampler = Sampler(parameters: req.sampling, context: req.promptTokens)
-
+        let mailbox = EventMailbox()
         let t0 = Date()
-        var logits: UnsafeMutablePointer<Float>?
-        var i = 0
-        while i < req.promptTokens.count {
-            let chunk = Array(req.promptTokens[i..<min(i + workspace.maxTokens, req.promptTokens.count)])
-            let last = i + chunk.count == req.promptTokens.count
-            logits = try model.forward(tokens: chunk, memory: memory, workspace: workspace,
-                                       logitRows: last ? (chunk.count - 1)..<chunk.count : 0..<0)
-            i += chunk.count
-        }
-        let t1 = Date()
-
-        var detok = StreamingDetokenizer(tokenizer: tokenizer)
-        var stops = StopMatcher(stops: req.stopStrings)
+        let ticket = try engine.submit(req) { mailbox.post($0) }
         var text = ""
-        var out: [Int32] = []
+        var tokens: [Int32] = []
         var finish = FinishReason.length
-        var cancelled = false
         var stopToken: Int32?
-        while out.count < req.maxTokens {
-            let token = sampler.sample(logits: logits!, count: vocab)
-            if req.stopTokens.contains(token) || (!req.ignoreEOS && tokenizer.isEndOfGeneration(token)) {
-                finish = .stop
-                stopToken = token
-                break
-            }
-            sampler.accept(token)
-            out.append(token)
-            let piece = stops.append(detok.append(token))
-            if !piece.isEmpty {
-                text += piece
-                if !onText(piece) { cancelled = true; break }
-            }
-            if stops.stopped { finish = .stop; break }
-            if out.count >= req.maxTokens || memory.count >= contextLength { break }
-            logits = try model.forward(tokens: [token], memory: memory, workspace: workspace, logitRows: 0..<1)
-        }
-        if !cancelled && !stops.stopped {
-            let rest = stops.append(detok.finish()) + stops.finish()
-            if !rest.isEmpty {
-                text += rest
-                _ = onText(rest)
+        var firstTokenAt: Date?
+        var cancelled = false
+        loop: while true {
+            for event in mailbox.take() {
+                switch event {
+                case .started, .promptLogprobs:
+                    break
+                case .token(_, let token, let piece, _):
+                    if firstTokenAt == nil { firstTokenAt = Date() }
+                    tokens.append(token)
+                    text += piece
+                    if !piece.isEmpty && !cancelled && !onText(piece) {
+                        cancelled = true
+                        ticket.cancel()
+                        break loop
+                    }
+                case .finished(_, let reason, let piece):
+                    if firstTokenAt == nil { firstTokenAt = Date() }
+                    finish = reason
+                    text += piece
+                    if !piece.isEmpty { _ = onText(piece) }
+                case .completed(let usage):
+                    stopToken = usage.stopTokens.first ?? nil
+                    break loop
+                case .failed(let message):
+                    throw GenerationError.failed(message)
+                }
             }
         }
         let t2 = Date()
-        return GenerationResult(text: text, tokens: out, finishReason: finish,
+        let t1 = firstTokenAt ?? t2
+        return GenerationResult(text: text, tokens: tokens, finishReason: finish,
                                 stopToken: stopToken, promptTokenCount: req.promptTokens.count,
                                 promptSeconds: t1.timeIntervalSince(t0), generationSeconds: t2.timeIntervalSince(t1))
+    }
+}
+
+/// Engine events for a caller's thread: the engine thread posts, the caller takes them in order.
+final class EventMailbox: @unchecked Sendable {
+    // `events` is guarded by `condition`.
+    private let condition = NSCondition()
+    private var events: [EngineEvent] = []
+
+    func post(_ e: EngineEvent) {
+        condition.lock()
+        events.append(e)
+        condition.signal()
+        condition.unlock()
+    }
+
+    /// Waits until at least one event is there and takes all of them.
+    func take() -> [EngineEvent] {
+        condition.lock()
+        defer { condition.unlock() }
+        while events.isEmpty { condition.wait() }
+        let out = events
+        events.removeAll()
+        return out
     }
 }

@@ -20,11 +20,14 @@ public struct ForwardItem {
     public var memory: SequenceMemory
     /// Which of this item's token rows want logits (indices into `tokens`).
     public var logitRows: Range<Int>
+    /// Where the attention kernels add the attention weights of this item's last row (transformers only).
+    public var scoreSink: AttentionScoreSink?
 
-    public init(tokens: [Int32], memory: SequenceMemory, logitRows: Range<Int>) {
+    public init(tokens: [Int32], memory: SequenceMemory, logitRows: Range<Int>, scoreSink: AttentionScoreSink? = nil) {
         self.tokens = tokens
         self.memory = memory
         self.logitRows = logitRows
+        self.scoreSink = scoreSink
     }
 
     /// Logits for the last token only (decoding, the end of a prefill).
@@ -47,6 +50,9 @@ public protocol LanguageModel: AnyObject, Sendable {
     var trainedContextLength: Int { get }
     /// Weight bytes read to decode one token (the memory-bandwidth cost).
     var weightBytesPerToken: Int { get }
+    /// How the layers keep their past: attention groups (full or sliding window) get paged KV blocks, a
+    /// recurrent group a fixed-size state per sequence.
+    var cacheGroups: [CacheGroupSpec] { get }
 
     func makeWorkspace(maxTokens: Int, maxContext: Int, pool: WorkerPool) -> ModelWorkspace
     func makeMemory(capacity: Int) -> SequenceMemory

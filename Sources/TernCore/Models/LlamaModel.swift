@@ -115,6 +115,11 @@ public final class LlamaModel: LanguageModel {
         return total
     }
 
+    /// Every layer attends over the whole past: one cache group.
+    public var cacheGroups: [CacheGroupSpec] { [CacheGroupSpec(kind: .fullAttention, layers: Array(0..<config.layerCount))] }
+
+    public var cacheLayout: KVCacheLayout { KVCacheLayout(specs: cacheGroups, layerCount: config.layerCount) }
+
     public func makeMemory(capacity: Int) -> SequenceMemory {
         makeKVMemory(capacity: capacity)
     }
@@ -158,6 +163,7 @@ public final class LlamaModel: LanguageModel {
         // Lay the batch out row by row.
         let embType = Int32(tokenEmbedding.type.rawValue)
         var row = 0
+        ws.lastRowOfItem.removeAll(keepingCapacity: true)
         for (i, item) in batch.enumerated() {
             let start = memories[i].count
             for (j, t) in item.tokens.enumerated() {
@@ -168,7 +174,10 @@ public final class LlamaModel: LanguageModel {
                 row += 1
             }
             try memories[i].reserve(item.tokens.count)
+            ws.lastRowOfItem.append(row - 1)
         }
+        ws.attentionMetadata.build(memories: memories, ends: batch.indices.map { memories[$0].count + batch[$0].tokens.count },
+                                   sinks: batch.map(\.scoreSink))
         let pool = ws.pool
         let x = ws.x, xn = ws.xn, q = ws.q, k = ws.k, v = ws.v, att = ws.attention, tmp = ws.tmp
         let gate = ws.gate, up = ws.up, qa = ws.quantized
@@ -186,7 +195,7 @@ public final class LlamaModel: LanguageModel {
             for r in 0..<m {
                 memories[ws.rowItem[r]].store(layer: li, position: ws.rowPosition[r], key: k + r * kvDim, value: v + r * kvDim)
             }
-            Attention.causal(queries: q, rows: m, layer: li, memories: memories,
+            Attention.causal(queries: q, rows: m, layer: li, metadata: ws.attentionMetadata, memories: memories,
                              headCount: cfg.headCount, kvHeadCount: cfg.kvHeadCount, headDim: cfg.headDim,
                              output: att, workspace: ws)
             qa.quantize(att, rows: m, columns: qDim, pool: pool)

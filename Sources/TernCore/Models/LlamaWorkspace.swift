@@ -17,6 +17,12 @@ public final class LlamaWorkspace: ModelWorkspace {
     /// One attention-score row per worker thread, as long as the longest context.
     let scores: UnsafeMutablePointer<Float>
     let scoreStride: Int
+    /// Log-sum-exp of each query head of one task, per worker thread.
+    let lse: UnsafeMutablePointer<Float>
+    /// What each row may read this pass (rebuilt by every forward pass, buffers reused).
+    var attentionMetadata: AttentionMetadata
+    /// For each batch item, its last row.
+    var lastRowOfItem: [Int] = []
     private let scratch: FloatScratch
     /// For each batch row: its absolute position, and which batch item it belongs to.
     var rowPosition: [Int]
@@ -46,6 +52,8 @@ public final class LlamaWorkspace: ModelWorkspace {
         ropeSin = buffer(t * c.ropeDimensions / 2)
         scoreStride = max(1, maxContext)
         scores = buffer(scoreStride * pool.threadCount)
+        lse = buffer(c.headCount * pool.threadCount)
+        attentionMetadata = AttentionMetadata(layout: model.cacheLayout)
         self.scratch = scratch
         quantized = QuantizedActivations(maxRows: t, maxColumns: max(c.embeddingLength, c.feedForwardLength, model.qDim))
         logitRowCapacity = 1

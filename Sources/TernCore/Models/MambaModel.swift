@@ -42,6 +42,8 @@ public final class MambaModel: LanguageModel {
     }
 
     public var architecture: String { config.architecture }
+    /// A fixed-size conv and SSM state per sequence; no KV blocks.
+    public var cacheGroups: [CacheGroupSpec] { [CacheGroupSpec(kind: .recurrentState, layers: Array(0..<config.layerCount))] }
     public var vocabularySize: Int { tokenEmbedding.rows }
     /// A recurrent model has no positional limit.
     public var trainedContextLength: Int { 1 << 20 }

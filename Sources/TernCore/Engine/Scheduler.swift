@@ -1,0 +1,205 @@
+// Decides what one engine step computes, by counting tokens (vLLM v1's scheduler): every sequence has tokens
+// known and tokens computed, and the step hands each one the number it may compute under the token budget —
+// decoding sequences first (one token, or k+1 verification rows later), then chunks of the prefills under way,
+// then preempted sequences coming back, then new requests. When KV blocks run out the youngest sequence is
+// preempted (its blocks freed; recomputed later). The output is a value the model runner consumes.
+//
+// Engine-thread only. Every pass over the running set is linear: the running set is kept in admission order, so
+// the youngest is at its end, and finished sequences are compacted out once per step.
+
+import DequeModule
+import Foundation
+
+/// Tokens of one sequence computed in a step: `tokens[start..<start+count]`, then sampled from if `sample`.
+struct ScheduledChunk {
+    let sequence: SequenceState
+    let start: Int
+    let count: Int
+    let sample: Bool
+}
+
+/// What a step computes, and what the scheduler decided on the way.
+struct SchedulerOutput {
+    var chunks: [ScheduledChunk] = []
+    /// Requests that started this step (their first sequence was admitted).
+    var admitted: [RequestState] = []
+    /// Sequences that cannot grow any more (context full, or larger than the whole KV store).
+    var endedForLength: [SequenceState] = []
+    /// A waiting request whose prompt cannot fit even into an empty KV store.
+    var rejected: [RequestState] = []
+    var preemptions = 0
+    var tokenCount: Int { chunks.reduce(0) { $0 + $1.count } }
+}
+
+final class Scheduler {
+    struct Limits {
+        var maxBatchTokens: Int
+        var maxRunning: Int
+        var prefixCaching: Bool
+    }
+
+    let limits: Limits
+    let pool: KVBlockPool?
+    private let makeMemory: () -> SequenceMemory
+    private let tokenizer: Tokenizer
+    private(set) var waiting = Deque<RequestState>()
+    /// In admission order (the youngest last).
+    private(set) var running: [SequenceState] = []
+    private(set) var preempted = Deque<SequenceState>()
+    private var admissionCounter = 0
+
+    init(limits: Limits, pool: KVBlockPool?, tokenizer: Tokenizer, makeMemory: @escaping () -> SequenceMemory) {
+        self.limits = limits
+        self.pool = pool
+        self.tokenizer = tokenizer
+        self.makeMemory = makeMemory
+    }
+
+    var isIdle: Bool { waiting.isEmpty && running.isEmpty && preempted.isEmpty }
+
+    func enqueue(_ r: RequestState) { waiting.append(r) }
+
+    /// Adds a sequence created outside scheduling (a forked choice) as the youngest.
+    func addRunning(_ s: SequenceState) {
+        admissionCounter += 1
+        s.admission = admissionCounter
+        running.append(s)
+    }
+
+    func schedule() -> SchedulerOutput {
+        var out = SchedulerOutput()
+        var budget = limits.maxBatchTokens
+
+        // 1. Decoding sequences compute what they have pending; make room, preempting the youngest when full.
+        var i = 0
+        while i < running.count && budget > 0 {
+            let s = running[i]
+            i += 1
+            guard !s.finished, s.promptDone else { continue }
+            let n = s.pending
+            guard n > 0, n <= budget else { continue }
+            guard ensureRoom(for: s, tokens: n, out: &out) else { continue }
+            out.chunks.append(ScheduledChunk(sequence: s, start: s.computed, count: n, sample: true))
+            budget -= n
+        }
+        // 2. Chunks of prefills under way.
+        for s in running where !s.finished && !s.promptDone && budget > 0 {
+            let n = min(budget, s.pending)
+            guard n > 0, s.reserve(n) else { continue }
+            out.chunks.append(ScheduledChunk(sequence: s, start: s.computed, count: n, sample: n == s.pending))
+            budget -= n
+        }
+        // 3. Preempted sequences come back before new requests start.
+        while budget > 0, running.count < limits.maxRunning, let s = preempted.first {
+            guard admit(s, budget: &budget, out: &out) else { break }
+            preempted.removeFirst()
+        }
+        while budget > 0, running.count < limits.maxRunning, let r = waiting.first {
+            let s = SequenceState(request: r, choice: 0, memory: makeMemory(), tokenizer: tokenizer)
+            if limits.prefixCaching && !r.request.promptLogprobs, let paged = s.paged {
+                // Keep at least one prompt token to compute: its logits start the generation.
+                let cached = paged.attachCachedPrefix(r.request.promptTokens, limit: r.request.promptTokens.count - 1)
+                s.computed = cached
+                r.cachedTokens = cached
+            }
+            guard admit(s, budget: &budget, out: &out) else {
+                s.release()
+                break
+            }
+            waiting.removeFirst()
+            r.sequences = [s]
+            out.admitted.append(r)
+        }
+        if out.chunks.isEmpty && running.allSatisfy({ $0.finished }) {
+            if let s = preempted.first {
+                // Cannot come back even into an empty pool (it grew past the KV store): it ends here.
+                preempted.removeFirst()
+                out.endedForLength.append(s)
+            } else if let r = waiting.first, out.admitted.isEmpty {
+                // Nothing fits even in an empty pool: the prompt is larger than the KV store.
+                waiting.removeFirst()
+                out.rejected.append(r)
+            }
+        }
+        return out
+    }
+
+    /// Puts a new or preempted sequence into the step with its first prefill chunk, if blocks allow.
+    private func admit(_ s: SequenceState, budget: inout Int, out: inout SchedulerOutput) -> Bool {
+        // Admit only when the whole remaining prompt fits in free blocks, so admission cannot thrash.
+        if let paged = s.paged, let pool {
+            guard paged.blocksNeeded(for: s.pending + 1) <= pool.availableBlocks else { return false }
+        }
+        let n = min(budget, s.pending)
+        guard s.reserve(n) else { return false }
+        addRunning(s)
+        out.chunks.append(ScheduledChunk(sequence: s, start: s.computed, count: n, sample: n == s.pending))
+        budget -= n
+        return true
+    }
+
+    /// Reserves memory for `tokens` more tokens of `s`, preempting the youngest sequences while the pool is
+    /// exhausted. Returns false if `s` cannot run this step (it ended, or was itself preempted).
+    private func ensureRoom(for s: SequenceState, tokens: Int, out: inout SchedulerOutput) -> Bool {
+        if s.memory.count + tokens > s.memory.capacity {
+            s.finished = true
+            out.endedForLength.append(s)
+            return false
+        }
+        while !s.reserve(tokens) {
+            while let last = running.last, last.finished { running.removeLast() }
+            guard let victim = running.last else { return false }
+            if victim === s && running.lazy.filter({ !$0.finished }).count == 1 {
+                // Alone and still out of blocks: the KV store is smaller than this sequence; recomputing it
+                // would only run out again. It ends here, as if its context were full.
+                s.finished = true
+                out.endedForLength.append(s)
+                return false
+            }
+            preempt(victim)
+            out.preemptions += 1
+            if victim === s { return false }
+        }
+        return true
+    }
+
+    /// Frees the youngest running sequence's memory; it recomputes prompt and output when it comes back.
+    private func preempt(_ s: SequenceState) {
+        precondition(running.last === s)
+        running.removeLast()
+        s.release()
+        s.promptDone = false
+        preempted.append(s)
+    }
+
+    /// Records that the step's chunks were computed: the memories hold them now.
+    func didCompute(_ output: SchedulerOutput) {
+        for c in output.chunks {
+            let s = c.sequence
+            s.computed = c.start + c.count
+            s.paged?.appendTokens(Array(s.tokens[c.start..<(c.start + c.count)]))
+        }
+    }
+
+    /// Drops finished sequences from the running set (once per step).
+    func compact() {
+        running.removeAll { $0.finished }
+    }
+
+    /// Removes every trace of `r` (cancel, failure, shutdown); the caller releases its sequences.
+    func remove(_ r: RequestState) {
+        if let i = waiting.firstIndex(where: { $0 === r }) { waiting.remove(at: i) }
+        running.removeAll { $0.request === r }
+        preempted.removeAll { $0.request === r }
+    }
+
+    /// Every request the scheduler knows of.
+    var allRequests: [RequestState] {
+        var seen = Set<ObjectIdentifier>()
+        var out: [RequestState] = []
+        for r in waiting where seen.insert(ObjectIdentifier(r)).inserted { out.append(r) }
+        for s in running where seen.insert(ObjectIdentifier(s.request)).inserted { out.append(s.request) }
+        for s in preempted where seen.insert(ObjectIdentifier(s.request)).inserted { out.append(s.request) }
+        return out
+    }
+}

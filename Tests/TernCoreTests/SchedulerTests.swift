@@ -1,0 +1,103 @@
+// The scheduler on its own (no forward pass): what a step computes for decoding and prefilling sequences under
+// the token budget, preemption of the youngest when blocks run out, and the cost of scheduling 256 running
+// sequences.
+import Foundation
+import TernTestSupport
+import XCTest
+@testable import TernCore
+
+final class SchedulerTests: XCTestCase {
+    var tokenizer: Tokenizer!
+    /// The engine keeps its live requests (sequences refer to them unowned); so does the test.
+    var live: [RequestState] = []
+
+    override func setUpWithError() throws {
+        tokenizer = try LoadedModel(path: TestPaths.fixture("llama/llama-f32.gguf")).tokenizer
+    }
+
+    func makeScheduler(blocks: Int, budget: Int, maxRunning: Int = 256) throws -> (Scheduler, KVBlockPool) {
+        let pool = try KVBlockPool(layers: 1, rowWidth: 32, blockSize: 16, storage: .f16, bytes: blocks * 16 * 2 * 32 * 2)
+        let s = Scheduler(limits: .init(maxBatchTokens: budget, maxRunning: maxRunning, prefixCaching: false),
+                          pool: pool, tokenizer: tokenizer) { PagedKVMemory(pool: pool, capacity: 4096) }
+        return (s, pool)
+    }
+
+    func request(_ id: Int, prompt: Int) -> RequestState {
+        let r = RequestState(id: id, request: EngineRequest(promptTokens: (0..<prompt).map { Int32(($0 * 13 + id) % 200) }, maxTokens: 1000),
+                             onEvent: { _ in })
+        live.append(r)
+        return r
+    }
+
+    /// What the model and the sampler would do after a step: the memories absorb the chunks, and every chunk
+    /// that samples yields one token.
+    func complete(_ s: Scheduler, _ out: SchedulerOutput) {
+        for c in out.chunks { c.sequence.memory.commitForTest(c.count) }
+        s.didCompute(out)
+        for c in out.chunks where c.sample {
+            c.sequence.promptDone = true
+            c.sequence.appendOutput(7)
+        }
+        s.compact()
+    }
+
+    func testDecodesFirstThenPrefillChunksUnderTheBudget() throws {
+        let (s, _) = try makeScheduler(blocks: 1000, budget: 64)
+        s.enqueue(request(1, prompt: 100))
+        var out = s.schedule()
+        XCTAssertEqual(out.chunks.map(\.count), [64])
+        XCTAssertFalse(out.chunks[0].sample)
+        complete(s, out)
+        s.enqueue(request(2, prompt: 10))
+        out = s.schedule()
+        // The rest of request 1's prompt (36, sampled), then request 2 in what is left.
+        XCTAssertEqual(out.chunks.map(\.count), [36, 10])
+        XCTAssertEqual(out.chunks.map(\.sample), [true, true])
+        complete(s, out)
+        out = s.schedule()
+        XCTAssertEqual(out.chunks.map(\.count), [1, 1])
+        XCTAssertEqual(out.chunks.map(\.start), [100, 10])
+    }
+
+    func testYoungestIsPreemptedWhenBlocksRunOut() throws {
+        // 6 blocks of 16: prompts of 48 and 40 tokens take 3 blocks each; the older one's first decode needs a 4th.
+        let (s, pool) = try makeScheduler(blocks: 6, budget: 512)
+        s.enqueue(request(1, prompt: 48))
+        s.enqueue(request(2, prompt: 40))
+        complete(s, s.schedule())
+        XCTAssertEqual(s.running.count, 2)
+        XCTAssertEqual(pool.availableBlocks, 0)
+        let out = s.schedule()
+        XCTAssertEqual(out.preemptions, 1)
+        XCTAssertEqual(out.chunks.count, 1)
+        XCTAssertEqual(out.chunks[0].sequence.request.id, 1)
+        XCTAssertEqual(s.preempted.first?.request.id, 2)
+        XCTAssertEqual(s.preempted.first?.computed, 0)
+    }
+
+    func testSchedulingCostOf256RunningSequences() throws {
+        let (s, _) = try makeScheduler(blocks: 256 * 40, budget: 512)
+        for i in 0..<256 { s.enqueue(request(i, prompt: 64)) }
+        // Admit and prefill everyone (64 tokens each, 8 per step).
+        while s.running.count < 256 || s.running.contains(where: { !$0.promptDone }) {
+            complete(s, s.schedule())
+        }
+        var times: [Double] = []
+        for _ in 0..<200 {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            let out = s.schedule()
+            complete(s, out)
+            times.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6)
+            XCTAssertEqual(out.chunks.count, 256)
+        }
+        times.sort()
+        let median = times[times.count / 2]
+        print("scheduler: 256 running sequences, per step median \(String(format: "%.3f", median)) ms, p90 \(String(format: "%.3f", times[times.count * 9 / 10])) ms")
+        XCTAssertLessThan(median, 1.0, "per-step scheduling cost of 256 sequences")
+    }
+}
+
+extension SequenceMemory {
+    /// Stands in for the model's forward pass, which commits what it stored.
+    func commitForTest(_ n: Int) { (self as? KVMemory)?.commit(n) }
+}
