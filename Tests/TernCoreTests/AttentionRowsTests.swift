@@ -150,4 +150,59 @@ final class AttentionRowsTests: XCTestCase {
             }
         }
     }
+
+    /// tern_attn_tiled: rows × heads queries, causal per row, optional window and key range, against the Double
+    /// reference on every path; and one segment or many give the same bits.
+    func testTiledMatchesReference() {
+        var rng = Random(state: 21)
+        for path in AttentionKernelTests.paths {
+            tern_force_path(path)
+            for (name, type) in AttentionKernelTests.types {
+                let hd = 64, n = 75, heads = 3
+                let seg = AttentionKernelTests.segment(type, hd: hd, n: n, head: 1, rng: &rng)
+                seg.bytes.withUnsafeBytes { raw in
+                    let (gapped, positions) = pieces(raw.baseAddress!, stride: seg.stride, lengths: [5, 16, 11, 43], gap: 2)
+                    for (rows, pos0, window, kLo, kHi) in [(1, 80, 0, 0, 1000), (7, 60, 0, 0, 1000), (17, 40, 20, 0, 1000),
+                                                           (3, 81, 0, 17, 50), (20, 2, 0, 0, 1000), (1, 500, 0, 0, 1000)] {
+                        let q = rng.array(rows * heads * hd)
+                        var out = [Float](repeating: .nan, count: rows * heads * hd)
+                        var lse = [Float](repeating: .nan, count: rows * heads)
+                        var work = [Float](repeating: 0, count: tern_attn_tiled_work_floats(Int64(hd), Int64(rows * heads)))
+                        tern_attn_tiled(type, Int64(hd), 0.125, q, Int64(rows), Int64(heads), heads * hd, Int64(pos0), Int64(window),
+                                        gapped, Int64(gapped.count), 0, seg.stride, seg.offset, Int64(kLo), Int64(kHi),
+                                        &work, &out, heads * hd, &lse)
+                        for r in 0..<rows {
+                            let p = pos0 + r
+                            let lo = max(kLo, window > 0 ? p - window + 1 : 0), hi = min(kHi, p + 1)
+                            for h in 0..<heads {
+                                let i = r * heads + h
+                                let want = reference(Array(q[(i * hd)..<((i + 1) * hd)]), seg.decoded, positions: positions,
+                                                     lo: lo, hi: hi, scale: 0.125)
+                                let what = "\(name) path \(path) rows \(rows) pos0 \(pos0) window \(window) row \(r) head \(h)"
+                                if want.lse == -.infinity {
+                                    XCTAssertEqual(lse[i], -.infinity, what)
+                                    continue
+                                }
+                                XCTAssertEqual(Double(lse[i]), want.lse, accuracy: 1e-4 * max(1, abs(want.lse)), what)
+                                for d in 0..<hd { XCTAssertEqual(Double(out[i * hd + d]), want.out[d], accuracy: 3e-5, what) }
+                            }
+                        }
+                    }
+                    // Segmentation: one run of 75 rows at positions 0..<75, or the same rows cut every 5.
+                    let whole = pieces(raw.baseAddress!, stride: seg.stride, lengths: [75], gap: 0).0
+                    let cut = pieces(raw.baseAddress!, stride: seg.stride, lengths: Array(repeating: 5, count: 15), gap: 0).0
+                    let q = rng.array(4 * heads * hd)
+                    var results: [[Float]] = []
+                    for segs in [whole, cut] {
+                        var out = [Float](repeating: 0, count: 4 * heads * hd), lse = [Float](repeating: 0, count: 4 * heads)
+                        var work = [Float](repeating: 0, count: tern_attn_tiled_work_floats(Int64(hd), Int64(4 * heads)))
+                        tern_attn_tiled(type, Int64(hd), 0.125, q, 4, Int64(heads), heads * hd, 60, 0, segs, Int64(segs.count), 0,
+                                        seg.stride, seg.offset, 0, 1000, &work, &out, heads * hd, &lse)
+                        results.append(out + lse)
+                    }
+                    XCTAssertEqual(results[0], results[1], "\(name) path \(path): segmentation changed the result")
+                }
+            }
+        }
+    }
 }

@@ -1,7 +1,8 @@
 /* CKernels: the innermost numeric loops of Tern (quantized matrix products, block (de)quantization, float
    helpers), with a runtime choice between AVX-512 VNNI, AVX2 and portable scalar code. The Swift side does the
    threading by handing each thread a row range; nothing here allocates or keeps mutable state besides the
-   dispatch choice. Block layouts are GGML's (see DESIGN.md §2). */
+   dispatch choice. Block layouts are GGML's (ggml-common.h in llama.cpp;
+   docs/ARCHITECTURE.md maps the project). */
 #ifndef TERN_CKERNELS_H
 #define TERN_CKERNELS_H
 

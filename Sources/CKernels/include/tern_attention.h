@@ -47,6 +47,18 @@ void tern_attn_rows(int kv_type, int64_t hd, float scale, const float *q, int64_
                     size_t head_offset, int64_t lo, int64_t hi, float *scratch, float *out, size_t out_stride,
                     float *lse, float *sink);
 
+/* Tiled (online-softmax) attention of `rows` query rows × `heads` query heads sharing one KV head: query (r, h) is
+   q + r * q_row_stride + h * hd and sits at position pos0 + r; it reads the stored positions p of `segs` with
+   p <= pos0 + r, p > pos0 + r - window (window 0: no lower bound) and k_lo <= p < k_hi. Output (r, h) goes to
+   out + r * out_row_stride + h * hd (normalised), its log-sum-exp to lse[r * heads + h] (-infinity and zeros when
+   nothing is visible). `work` holds tern_attn_tiled_work_floats(hd, rows * heads) floats. Tiles are cut at
+   absolute positions, so the result does not depend on how the rows are split into segments. */
+size_t tern_attn_tiled_work_floats(int64_t hd, int64_t nq);
+void tern_attn_tiled(int kv_type, int64_t hd, float scale, const float *q, int64_t rows, int64_t heads,
+                     size_t q_row_stride, int64_t pos0, int64_t window, const tern_kv_segment *segs, int64_t nseg,
+                     size_t layer_offset, size_t row_bytes, size_t head_offset, int64_t k_lo, int64_t k_hi,
+                     float *work, float *out, size_t out_row_stride, float *lse);
+
 /* Merges a partial result (o_b, lse_b) over one key set into (o_a, *lse_a) over a disjoint key set, in place:
    o = w o_a + (1 - w) o_b with w = 1 / (1 + exp(lse_b - lse_a)); lse = log(exp(lse_a) + exp(lse_b)). */
 void tern_attn_merge(int64_t hd, float *o_a, float *lse_a, const float *o_b, float lse_b);

@@ -1,6 +1,7 @@
 // Scratch memory for one forward pass of a Llama-family model, sized once for the largest batch, so the
 // forward pass allocates nothing per token. Owned by one thread (the engine's) at a time.
 
+import CKernels
 import Foundation
 
 public final class LlamaWorkspace: ModelWorkspace {
@@ -17,8 +18,17 @@ public final class LlamaWorkspace: ModelWorkspace {
     /// One attention-score row per worker thread, as long as the longest context.
     let scores: UnsafeMutablePointer<Float>
     let scoreStride: Int
-    /// Log-sum-exp of each query head of one task, per worker thread.
+    /// Log-sum-exp of each query of one task, per worker thread.
     let lse: UnsafeMutablePointer<Float>
+    let lseStride: Int
+    /// The tiled kernel's scratch, per worker thread.
+    let attentionWork: UnsafeMutablePointer<Float>
+    let attentionWorkStride: Int
+    /// Outputs and log-sum-exps of split (flash-decoding) tasks before they are merged.
+    let partials: UnsafeMutablePointer<Float>
+    let partialLse: UnsafeMutablePointer<Float>
+    let maxParts: Int
+    var attentionPlan = AttentionPlan()
     /// What each row may read this pass (rebuilt by every forward pass, buffers reused).
     var attentionMetadata: AttentionMetadata
     /// For each batch item, its last row.
@@ -52,7 +62,14 @@ public final class LlamaWorkspace: ModelWorkspace {
         ropeSin = buffer(t * c.ropeDimensions / 2)
         scoreStride = max(1, maxContext)
         scores = buffer(scoreStride * pool.threadCount)
-        lse = buffer(c.headCount * pool.threadCount)
+        let group = c.headCount / max(1, c.kvHeadCount)
+        lseStride = AttentionPlan.rowTile * max(c.headCount, group)
+        lse = buffer(lseStride * pool.threadCount)
+        attentionWorkStride = tern_attn_tiled_work_floats(Int64(c.headDim), Int64(AttentionPlan.rowTile * group))
+        attentionWork = buffer(attentionWorkStride * pool.threadCount)
+        maxParts = 16 * pool.threadCount
+        partials = buffer(maxParts * AttentionPlan.rowTile * group * c.headDim)
+        partialLse = buffer(maxParts * AttentionPlan.rowTile * group)
         attentionMetadata = AttentionMetadata(layout: model.cacheLayout)
         self.scratch = scratch
         quantized = QuantizedActivations(maxRows: t, maxColumns: max(c.embeddingLength, c.feedForwardLength, model.qDim))
