@@ -1,6 +1,7 @@
 // The OpenAI-compatible API over the engine: routing, API keys, health while loading, models, completions,
 // chat completions, tokenize/detokenize and Prometheus metrics. Handlers never block: generation results
-// flow back from the engine thread through CompletionResponder.
+// flow back from the engine thread through CompletionResponder, which formats and writes them on a queue of
+// its own.
 
 import Foundation
 import Logging
@@ -175,10 +176,11 @@ public final class OpenAIServer: @unchecked Sendable {
         var tickets: [Engine.Ticket] = []
         do {
             for (p, r) in job.requests.enumerated() {
-                tickets.append(try engine.submit(r) { responder.handle(prompt: p, $0) })
+                tickets.append(try engine.submit(r) { responder.post(prompt: p, $0) })
             }
-        } catch let e as EngineSubmitError {
-            for t in tickets { t.cancel() }
+        } catch {
+            responder.abandon(cancelling: tickets)
+            guard let e = error as? EngineSubmitError else { throw error }
             switch e {
             case .queueFull:
                 var err = APIError(429, e.description, type: "rate_limit_error", code: "queue_full")
@@ -189,9 +191,8 @@ public final class OpenAIServer: @unchecked Sendable {
             case .stopped: throw APIError(503, e.description, type: "server_error")
             }
         }
-        responder.tickets = tickets
-        if job.stream { responder.beginStream() }
+        responder.start(tickets: tickets)
         // A client that goes away cancels its request at the next engine step.
-        writer.onClose { responder.cancelAll() }
+        writer.onClose { responder.clientGone() }
     }
 }
