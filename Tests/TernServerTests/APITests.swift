@@ -15,18 +15,19 @@ final class TestServer {
     let api: OpenAIServer
     var port: Int { http.port }
 
-    init(model path: String, apiKeys: [String] = [], maxQueue: Int = 64, context: Int = 128, name: String = "tiny") throws {
+    init(model path: String, apiKeys: [String] = [], maxQueue: Int = 64, context: Int = 128, name: String = "tiny",
+         kvCacheMiB: Int = 32, logger: Logger? = nil) throws {
         let loaded = try LoadedModel(path: path)
-        var config = EngineConfiguration(threads: 2, contextLength: context, kvCacheBytes: 32 << 20)
+        var config = EngineConfiguration(threads: 2, contextLength: context, kvCacheBytes: kvCacheMiB << 20)
         config.maxQueue = maxQueue
         config.blockSize = 4
         engine = try Engine(loaded: loaded, configuration: config)
         engine.start()
         var options = ServerOptions(modelName: name)
         options.apiKeys = apiKeys
-        var logger = Logger(label: "test")
-        logger.logLevel = .error
-        let api = OpenAIServer(options: options, logger: logger)
+        var quiet = Logger(label: "test")
+        quiet.logLevel = .error
+        let api = OpenAIServer(options: options, logger: logger ?? quiet)
         api.ready(engine: engine)
         self.api = api
         var hc = HTTPServerConfiguration()

@@ -733,6 +733,25 @@ final class HTTPServerTests: XCTestCase {
         XCTAssertTrue(httpEventually { events.get() == ["never-started", "never-closed"] })
     }
 
+    func testShutdownHookRunsOnlyAfterTheTimeout() throws {
+        let events = HTTPTestBox<[String]>([])
+        let server = try makeServer(events: events)
+        let c = try HTTPRawClient(port: server.port)
+        c.send("GET /stream?n=1000&delay=10 HTTP/1.1\r\nHost: t\r\n\r\n")
+        XCTAssertEqual(c.readHead()?.status, 200)
+        let start = Date()
+        server.shutdown(timeout: 0.3, onTimeout: { events.update { $0.append("timeout-hook") } }, grace: 0.2)
+        let took = Date().timeIntervalSince(start)
+        XCTAssertGreaterThan(took, 0.45)
+        XCTAssertLessThan(took, 2)
+        XCTAssertEqual(events.get().filter { $0 == "timeout-hook" }.count, 1)
+        XCTAssertEqual(server.activeConnections, 0)
+        // A server with nothing in flight never calls it.
+        let idle = try makeServer(events: events)
+        idle.shutdown(timeout: 0.3, onTimeout: { events.update { $0.append("idle-hook") } })
+        XCTAssertFalse(events.get().contains("idle-hook"))
+    }
+
     // MARK: start errors
 
     func testStartErrors() throws {

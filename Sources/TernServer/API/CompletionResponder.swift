@@ -19,7 +19,8 @@ final class CompletionResponder: @unchecked Sendable {
     private let job: CompletionJob
     private let writer: HTTPResponseWriter
     private let format: CompletionFormatter
-    /// Called once on `queue` when the response is written: HTTP status and the number of completion tokens.
+    /// Called once on `queue` when the response ends: HTTP status (499: the client went away) and the number
+    /// of completion tokens produced.
     private let onDone: @Sendable (Int, Int) -> Void
     /// Written before the queue is activated and never again, so every thread may read it afterwards.
     private var tickets: [Engine.Ticket] = []
@@ -71,10 +72,20 @@ final class CompletionResponder: @unchecked Sendable {
         for t in submitted { t.cancel() }
     }
 
-    /// The client disconnected before the response was complete: stop generating.
+    /// The client disconnected before the response was complete: stop generating, log 499.
     func clientGone() {
         for t in tickets { t.cancel() }
-        queue.async { [self] in finished = true }
+        queue.async { [self] in
+            guard !finished else { return }
+            finished = true
+            onDone(499, choices.reduce(0) { $0 + $1.tokens.count })
+        }
+    }
+
+    /// Ends the response now with `error`: an error event, `data: [DONE]` and the end of the chunked body for a
+    /// stream that has begun, otherwise the error as the HTTP response.
+    func abort(_ error: APIError) {
+        queue.async { [self] in fail(error) }
     }
 
     // MARK: queue

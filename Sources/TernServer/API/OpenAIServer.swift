@@ -22,7 +22,10 @@ public final class OpenAIServer: @unchecked Sendable {
     private let options: ServerOptions
     private let logger: Logger
     private let startTime = Date()
-    private var httpRequests = [String: Int]()
+    /// Completion responses not yet ended, for `abortInFlight`; guarded by `lock`.
+    private var inFlight: [ObjectIdentifier: CompletionResponder] = [:]
+    /// Requests whose client went away before the response was complete; guarded by `lock`.
+    private var cancelledRequests = 0
 
     public init(options: ServerOptions, logger: Logger) {
         self.options = options
@@ -96,7 +99,9 @@ public final class OpenAIServer: @unchecked Sendable {
             else if e == nil { respondJSON(writer, ["status": "loading"], status: 503, log: log) }
             else { respondJSON(writer, ["status": "ok"], log: log) }
         case "/metrics":
-            let text = PrometheusExporter.render(currentEngine?.metrics(), uptime: Date().timeIntervalSince(startTime))
+            let cancelled = lock.withLock { cancelledRequests }
+            let text = PrometheusExporter.render(currentEngine?.metrics(), uptime: Date().timeIntervalSince(startTime),
+                                                 cancelledRequests: cancelled)
             writer.respond(status: 200, headers: [("Content-Type", "text/plain; version=0.0.4")], body: Data(text.utf8))
             log(200, 0)
         case "/v1/models":
@@ -171,8 +176,13 @@ public final class OpenAIServer: @unchecked Sendable {
         let engine = try readyEngine()
         let job = try CompletionJob.parse(req.body, kind: kind, model: engine.loaded,
                                           contextLength: engine.configuration.contextLength, modelName: options.modelName)
+        let box = ResponderBox()
         let responder = CompletionResponder(job: job, writer: writer, tokenizer: engine.loaded.tokenizer,
-                                            modelName: options.modelName, onDone: log)
+                                            modelName: options.modelName) { [weak self] status, tokens in
+            if let self, let r = box.responder { self.ended(r, status: status) }
+            log(status, tokens)
+        }
+        box.responder = responder
         var tickets: [Engine.Ticket] = []
         do {
             for (p, r) in job.requests.enumerated() {
@@ -191,8 +201,33 @@ public final class OpenAIServer: @unchecked Sendable {
             case .stopped: throw APIError(503, e.description, type: "server_error")
             }
         }
+        lock.withLock { inFlight[ObjectIdentifier(responder)] = responder }
         responder.start(tickets: tickets)
         // A client that goes away cancels its request at the next engine step.
         writer.onClose { responder.clientGone() }
     }
+
+    private func ended(_ responder: CompletionResponder, status: Int) {
+        lock.withLock {
+            inFlight.removeValue(forKey: ObjectIdentifier(responder))
+            if status == 499 { cancelledRequests += 1 }
+        }
+    }
+
+    /// Ends every completion still in flight, for a shutdown whose drain timeout has passed: each open stream
+    /// gets an OpenAI-style error event, `data: [DONE]` and a clean end of its chunked body; each request not
+    /// streamed gets a 503 JSON error. Their engine requests are cancelled. Returns at once; the responses are
+    /// written on their own queues (HTTPServer.shutdown waits for them to flush).
+    public func abortInFlight(reason: String = "the server is shutting down") {
+        let responders = lock.withLock { Array(inFlight.values) }
+        let error = APIError(503, reason, type: "server_error", code: "server_shutdown")
+        for r in responders { r.abort(error) }
+    }
+}
+
+/// Lets a responder's completion callback find the responder it was created with (the callback is an argument
+/// of the responder's initializer). Written once before the responder can call back; weak, because the
+/// responder holds the callback that holds this box.
+private final class ResponderBox: @unchecked Sendable {
+    weak var responder: CompletionResponder?
 }
