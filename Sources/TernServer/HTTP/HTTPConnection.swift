@@ -180,7 +180,9 @@ final class HTTPConnection: @unchecked Sendable {
                 if inBuf.isEmpty { return }
                 if headStart == nil { headStart = httpMonotonicSeconds() }
                 guard let end = HTTPParser.findHeadEnd(inBuf, from: scanOffset) else {
-                    if inBuf.count > config.maxHeaderBytes {
+                    if let problem = HTTPParser.requestLinePrefixError(inBuf) {
+                        sendError(400, problem)
+                    } else if inBuf.count > config.maxHeaderBytes {
                         sendError(431, "request header block exceeds \(config.maxHeaderBytes) bytes")
                     } else {
                         scanOffset = max(0, inBuf.count - 3)
@@ -266,10 +268,22 @@ final class HTTPConnection: @unchecked Sendable {
         guard let h = head else { return }
         head = nil
         headStart = nil
+        var requestBody = Data(body)
+        var headers = h.headers
+        body = []
+        if let coding = h.contentEncoding {
+            do {
+                requestBody = try HTTPGzip.decompress(requestBody, limit: config.maxBodyBytes)
+            } catch {
+                sendError(error.status, "\(coding) request body: \(error.message)")
+                return
+            }
+            // The handler sees the decoded body, so the header that described the encoded one goes.
+            headers.removeAll { $0.name.lowercased() == "content-encoding" || $0.name.lowercased() == "content-length" }
+        }
         phase = .waitingResponse
         let request = HTTPRequest(method: h.method, path: h.path, query: h.query, version: h.version,
-                                  headers: h.headers, body: Data(body), remoteAddress: remoteAddress)
-        body = []
+                                  headers: headers, body: requestBody, remoteAddress: remoteAddress)
         lock.lock()
         seq += 1
         let mySeq = seq

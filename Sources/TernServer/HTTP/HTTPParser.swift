@@ -20,6 +20,8 @@ struct HTTPParsedHead {
     var keepAlive: Bool
     var expectContinue: Bool
     var acceptsGzip: Bool
+    /// The body's Content-Encoding when it must be decoded ("gzip" or "deflate"); nil for identity.
+    var contentEncoding: String? = nil
 
     func header(_ name: String) -> String? {
         for h in headers where h.name.caseInsensitiveCompare(name) == .orderedSame { return h.value }
@@ -144,6 +146,7 @@ enum HTTPParser {
         var expectContinue = false
         var acceptsGzip = false
         var hostCount = 0
+        var contentCodings: [String] = []
         for (name, value) in headers {
             switch name.lowercased() {
             case "content-length":
@@ -167,6 +170,9 @@ enum HTTPParser {
                 acceptsGzip = acceptsCoding("gzip", value)
             case "host":
                 hostCount += 1
+            case "content-encoding":
+                contentCodings += value.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
+                    .filter { !$0.isEmpty && $0 != "identity" }
             default:
                 break
             }
@@ -187,11 +193,61 @@ enum HTTPParser {
             }
             framing = .length(n)
         }
+        var contentEncoding: String?
+        switch contentCodings {
+        case []: break
+        case ["gzip"], ["x-gzip"]: contentEncoding = "gzip"
+        case ["deflate"]: contentEncoding = "deflate"
+        default:
+            throw HTTPParseError(status: 415, message: "unsupported Content-Encoding '\(contentCodings.joined(separator: ", "))' (gzip and deflate are accepted)")
+        }
+        // RFC 9112 §3.2: a server must answer 400 to an HTTP/1.1 request without Host.
+        if version == "HTTP/1.1" && hostCount == 0 {
+            throw HTTPParseError(status: 400, message: "an HTTP/1.1 request needs a Host header")
+        }
         let keepAlive = version == "HTTP/1.1" ? !connectionTokens.contains("close")
                                               : connectionTokens.contains("keep-alive")
         return HTTPParsedHead(method: method, path: path, query: query, version: version, headers: headers,
                           framing: framing, keepAlive: keepAlive, expectContinue: expectContinue && version == "HTTP/1.1",
-                          acceptsGzip: acceptsGzip)
+                          acceptsGzip: acceptsGzip, contentEncoding: contentEncoding)
+    }
+
+    static let maxMethodLength = 32
+
+    /// Checks the start of a header block that is not complete yet: nil while it can still become a valid
+    /// request line, else why not. Lets random bytes, TLS on the plain port or an HTTP/0.9 line ("GET /")
+    /// get their 400 at once instead of waiting for the header timeout.
+    static func requestLinePrefixError(_ buf: [UInt8]) -> String? {
+        enum Part { case method, target, version }
+        var part = Part.method
+        var length = 0
+        let http: [UInt8] = Array("HTTP/".utf8)
+        for c in buf {
+            switch part {
+            case .method:
+                if c == sp && length > 0 { part = .target; length = 0; continue }
+                guard isTokenChar(c) else { return "malformed request line" }
+                length += 1
+                if length > maxMethodLength { return "malformed method" }
+            case .target:
+                if c == sp && length > 0 { part = .version; length = 0; continue }
+                guard c > 32 && c != 127 else { return "malformed request line (HTTP/0.9 is not supported)" }
+                length += 1
+            case .version:
+                let ok: Bool
+                switch length {
+                case 0..<5: ok = c == http[length]
+                case 5, 7: ok = c >= 48 && c <= 57
+                case 6: ok = c == UInt8(ascii: ".")
+                case 8: ok = c == cr || c == lf
+                default: ok = c == lf
+                }
+                guard ok else { return "malformed request line" }
+                if c == lf { return nil }
+                length += 1
+            }
+        }
+        return nil
     }
 
     /// Whether an Accept-Encoding value admits `coding` (explicitly or via "*") with a non-zero q.
