@@ -73,4 +73,17 @@ final class RequestLimitTests: XCTestCase {
         }
         XCTAssertEqual(parse(#""\ud800""#), .string("\u{FFFD}"), "a lone surrogate becomes U+FFFD")
     }
+
+    /// llama-server's `add_special` (and vLLM's `add_special_tokens`) decide whether BOS comes first.
+    func testAddSpecialControlsBOS() throws {
+        let bos = 317
+        let with = try XCTUnwrap(try post("/tokenize", #"{"prompt":"Hello"}"#).json()["tokens"] as? [Int])
+        XCTAssertEqual(with.first, bos)
+        for off in [#""add_special":false"#, #""add_special_tokens":false"#] {
+            let without = try XCTUnwrap(try post("/tokenize", #"{"prompt":"Hello",\#(off)}"#).json()["tokens"] as? [Int])
+            XCTAssertEqual(without, Array(with.dropFirst()), off)
+        }
+        let counted = try post("/v1/completions", #"{"prompt":"Hello","max_tokens":1,"add_special":false}"#)
+        XCTAssertEqual(try usage(counted)["prompt_tokens"] as? Int, with.count - 1)
+    }
 }

@@ -1,5 +1,6 @@
-// Special tokens with SmolLM2's real vocabulary and ChatML template: chat message content is never parsed for
-// special-token text, so a user cannot forge a turn.
+// Special tokens with SmolLM2's real vocabulary and ChatML template: completion prompts and /tokenize parse
+// special-token text by default (as llama-server and vLLM do), and chat message content never does, so a
+// user cannot forge a turn.
 
 import Foundation
 import TernTestSupport
@@ -41,6 +42,27 @@ final class SpecialTokenTests: XCTestCase {
     func promptTokens(_ r: RawResponse) throws -> Int {
         XCTAssertEqual(r.status, 200, r.text)
         return try XCTUnwrap((try r.json()["usage"] as? [String: Any])?["prompt_tokens"] as? Int, r.text)
+    }
+
+    // MARK: completions and /tokenize
+
+    func testTokenizeParsesSpecialTokensLikeLlamaServer() throws {
+        let text = "<|im_start|>user\nhi<|im_end|>\n"
+        let t = try post("/tokenize", ["prompt": .string(text)]).json()
+        XCTAssertEqual(t["tokens"] as? [Int], [1, 4093, 198, 6004, 2, 198])
+        let plain = try XCTUnwrap(try post("/tokenize", ["prompt": .string(text), "parse_special": false]).json()["tokens"] as? [Int])
+        XCTAssertGreaterThan(plain.count, 6)
+        XCTAssertFalse(plain.contains(1) || plain.contains(2), "\(plain)")
+    }
+
+    func testCompletionPromptsParseSpecialTokensUnlessTurnedOff() throws {
+        let text = "<|im_start|>user\nhi<|im_end|>\n"
+        XCTAssertEqual(try promptTokens(post("/v1/completions", ["prompt": .string(text), "max_tokens": 1])), 6)
+        XCTAssertEqual(try promptTokens(post("/v1/completions", ["prompt": [.string(text), "hi"], "max_tokens": 1])), 7)
+        XCTAssertGreaterThan(try promptTokens(post("/v1/completions", ["prompt": .string(text), "max_tokens": 1, "parse_special": false])), 6)
+        // Echo gives back the prompt as sent.
+        let echo = try post("/v1/completions", ["prompt": .string(text), "max_tokens": 0, "echo": true])
+        XCTAssertEqual((try echo.json()["choices"] as? [[String: Any]])?.first?["text"] as? String, text)
     }
 
     // MARK: chat

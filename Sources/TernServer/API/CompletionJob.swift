@@ -102,7 +102,8 @@ struct CompletionJob {
                 return Int32(i)
             }
         }
-        func textPrompt(_ s: String) -> [Int32] { model.promptTokens(text: s) }
+        let special = try specialTokenOptions(f)
+        func textPrompt(_ s: String) -> [Int32] { model.promptTokens(text: s, parseSpecial: special.parse, addSpecial: special.add) }
         switch p {
         case .string(let s): return ([textPrompt(s)], [s])
         case .array(let items):
@@ -127,6 +128,15 @@ struct CompletionJob {
         default:
             throw APIError.invalid("prompt", "'prompt' must be a string, an array of strings, or token-id arrays")
         }
+    }
+
+    /// llama-server's fields for text prompts: `parse_special` (special-token text such as "<|im_start|>"
+    /// becomes its token, as llama-server and vLLM do by default) and `add_special` (BOS when the model wants
+    /// it; vLLM calls it `add_special_tokens`). Both default to true.
+    static func specialTokenOptions(_ f: RequestFields) throws -> (parse: Bool, add: Bool) {
+        let parse = try f.bool("parse_special", default: true)
+        let add = try f.bool("add_special", default: f.bool("add_special_tokens", default: true))
+        return (parse, add)
     }
 
     static func chatPrompt(_ f: RequestFields, model: LoadedModel) throws -> [Int32] {

@@ -118,8 +118,8 @@ public final class OpenAIServer: @unchecked Sendable {
             guard let text = try f.string("prompt") ?? f.string("content") else {
                 throw APIError.invalid("prompt", "'prompt' (a string) is required")
             }
-            let special = try f.bool("add_special_tokens", default: true)
-            let tokens = special ? engine.loaded.promptTokens(text: text) : engine.loaded.tokenizer.encode(text)
+            let options = try CompletionJob.specialTokenOptions(f)
+            let tokens = engine.loaded.promptTokens(text: text, parseSpecial: options.parse, addSpecial: options.add)
             let ids: [JSONValue] = tokens.map { .int(Int64($0)) }
             let body: JSONValue = .object([("tokens", .array(ids)), ("count", .int(Int64(tokens.count))),
                                            ("max_model_len", .int(Int64(engine.configuration.contextLength)))])
