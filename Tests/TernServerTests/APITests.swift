@@ -368,7 +368,7 @@ final class APITests: XCTestCase {
         for stream in [true, false] {
             let fd = try RawClient.connect(port: s.port)
             RawClient.send(fd, method: "POST", path: "/v1/completions",
-                           body: #"{"prompt":"Hello","max_tokens":100000,"ignore_eos":true,"stream":\#(stream)}"#)
+                           body: #"{"prompt":"Hello","max_tokens":120,"ignore_eos":true,"stream":\#(stream)}"#)
             Thread.sleep(forTimeInterval: 0.3)
             close(fd)
             XCTAssertTrue(s.engine.waitUntilIdle(timeout: 5), "generation went on after the client left (stream: \(stream))")

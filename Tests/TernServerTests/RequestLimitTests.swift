@@ -1,5 +1,6 @@
 // What an adversarial client found (issue 15), checked over real sockets on the tiny fixture checkpoint
-// (context 128, vocabulary 320): JSON that is too deep, out of range or has duplicate keys.
+// (context 128, vocabulary 320): max_tokens beyond the context, logit_bias, JSON that is too deep, out of
+// range or has duplicate keys, and a limit with its own error for every size a request can choose.
 
 import Foundation
 import TernTestSupport
@@ -39,6 +40,65 @@ final class RequestLimitTests: XCTestCase {
         try XCTUnwrap(try r.json()["usage"] as? [String: Any], r.text)
     }
 
+    // MARK: max_tokens and the context
+
+    func testMaxTokensBeyondTheContextIs400() throws {
+        let message = try assertError(post("/v1/completions", #"{"prompt":"Hi","max_tokens":1000000000}"#), status: 400, param: "max_tokens")
+        XCTAssertTrue(message.contains("maximum context length is 128 tokens"), message)
+        XCTAssertTrue(message.contains("1000000000 for the completion"), message)
+        let chat = try assertError(post("/v1/chat/completions", #"{"messages":[{"role":"user","content":"Hi"}],"max_tokens":500}"#),
+                                   status: 400, param: "max_tokens")
+        XCTAssertTrue(chat.contains("in the messages"), chat)
+        try assertError(post("/v1/chat/completions", #"{"messages":[{"role":"user","content":"Hi"}],"max_completion_tokens":500}"#),
+                        status: 400, param: "max_completion_tokens")
+        let code = try XCTUnwrap(try post("/v1/completions", #"{"prompt":"Hi","max_tokens":200}"#).json()["error"] as? [String: Any])["code"]
+        XCTAssertEqual(code as? String, "context_length_exceeded")
+    }
+
+    func testMaxTokensThatFitExactlyRunToTheEnd() throws {
+        let prompt = try XCTUnwrap(try post("/tokenize", #"{"prompt":"Hello, the cat"}"#).json()["count"] as? Int)
+        let r = try post("/v1/completions", #"{"prompt":"Hello, the cat","max_tokens":\#(128 - prompt),"ignore_eos":true}"#)
+        XCTAssertEqual(r.status, 200, r.text)
+        XCTAssertEqual(try usage(r)["total_tokens"] as? Int, 128)
+        try assertError(post("/v1/completions", #"{"prompt":"Hello, the cat","max_tokens":\#(129 - prompt)}"#), status: 400, param: "max_tokens")
+    }
+
+    func testMissingMaxTokensMeansTheContextForChatAnd16ForCompletions() throws {
+        let chat = try post("/v1/chat/completions", #"{"messages":[{"role":"user","content":"Hi"}],"ignore_eos":true}"#)
+        XCTAssertEqual(chat.status, 200, chat.text)
+        XCTAssertEqual(try usage(chat)["total_tokens"] as? Int, 128)
+        XCTAssertEqual((try chat.json()["choices"] as? [[String: Any]])?.first?["finish_reason"] as? String, "length")
+        let completion = try post("/v1/completions", #"{"prompt":"Hi","ignore_eos":true}"#)
+        XCTAssertEqual(try usage(completion)["completion_tokens"] as? Int, 16)
+    }
+
+    // MARK: logit_bias
+
+    func testLogitBiasOfPlus100MakesGreedyOutputThatToken() throws {
+        let token = 42
+        let plain = try post("/v1/completions", #"{"prompt":"Hello, the cat","max_tokens":4,"temperature":0,"ignore_eos":true}"#)
+        let biased = try post("/v1/completions", #"{"prompt":"Hello, the cat","max_tokens":4,"temperature":0,"ignore_eos":true,"logit_bias":{"\#(token)":100}}"#)
+        XCTAssertEqual(biased.status, 200, biased.text)
+        let expected = try XCTUnwrap(try post("/detokenize", #"{"tokens":[\#(token),\#(token),\#(token),\#(token)]}"#).json()["prompt"] as? String)
+        let text = (try biased.json()["choices"] as? [[String: Any]])?.first?["text"] as? String
+        XCTAssertEqual(text, expected)
+        XCTAssertNotEqual((try plain.json()["choices"] as? [[String: Any]])?.first?["text"] as? String, expected,
+                          "the test needs a token greedy decoding does not pick by itself")
+        // Chat too, with a float bias; -100 on the token the model would pick changes the first token.
+        let chat = try post("/v1/chat/completions", #"{"messages":[{"role":"user","content":"Hi"}],"max_tokens":2,"temperature":0,"ignore_eos":true,"logit_bias":{"\#(token)":99.5}}"#)
+        XCTAssertEqual(((try chat.json()["choices"] as? [[String: Any]])?.first?["message"] as? [String: Any])?["content"] as? String,
+                       try XCTUnwrap(try post("/detokenize", #"{"tokens":[\#(token),\#(token)]}"#).json()["prompt"] as? String))
+    }
+
+    func testBadLogitBiasIs400() throws {
+        for bias in [#""x""#, "[1]", #"{"abc":1}"#, #"{"-1":1}"#, #"{"320":1}"#, #"{"1.5":1}"#, #"{"":1}"#, #"{"99999999999":1}"#,
+                     #"{"5":101}"#, #"{"5":-100.5}"#, #"{"5":"1"}"#, #"{"5":null}"#] {
+            try assertError(post("/v1/completions", #"{"prompt":"Hi","max_tokens":1,"logit_bias":\#(bias)}"#), status: 400, param: "logit_bias")
+        }
+        XCTAssertEqual(try post("/v1/completions", #"{"prompt":"Hi","max_tokens":1,"logit_bias":{"319":-100,"0":100}}"#).status, 200)
+        XCTAssertEqual(try post("/v1/completions", #"{"prompt":"Hi","max_tokens":1,"logit_bias":{}}"#).status, 200)
+    }
+
     // MARK: JSON
 
     func testJSONProblemsAreNamed() throws {
@@ -74,6 +134,33 @@ final class RequestLimitTests: XCTestCase {
         XCTAssertEqual(parse(#""\ud800""#), .string("\u{FFFD}"), "a lone surrogate becomes U+FFFD")
     }
 
+    // MARK: limits
+
+    /// Every size a request chooses has a limit and an error naming it (body and header sizes: HTTPServerTests;
+    /// prompt length: APITests.testBadRequestsGetTheirErrors).
+    func testEverySizeHasALimit() throws {
+        try assertError(post("/v1/completions", #"{"prompt":"Hi","n":17}"#), status: 400, param: "n")
+        XCTAssertEqual(try post("/v1/completions", #"{"prompt":"Hi","n":16,"max_tokens":1}"#).status, 200)
+        let nine = Array(repeating: #""Hi""#, count: 9).joined(separator: ",")
+        try assertError(post("/v1/completions", #"{"prompt":[\#(nine)],"n":16,"max_tokens":1}"#), status: 400, param: "n")
+        let many = Array(repeating: #""Hi""#, count: 65).joined(separator: ",")
+        try assertError(post("/v1/completions", #"{"prompt":[\#(many)],"max_tokens":1}"#), status: 400, param: "prompt")
+        let stops = (0..<17).map { "\"s\($0)\"" }.joined(separator: ",")
+        try assertError(post("/v1/completions", #"{"prompt":"Hi","stop":[\#(stops)]}"#), status: 400, param: "stop")
+        try assertError(post("/v1/completions", #"{"prompt":"Hi","stop":"\#(String(repeating: "x", count: 257))"}"#), status: 400, param: "stop")
+        XCTAssertEqual(try post("/v1/completions", #"{"prompt":"Hi","max_tokens":1,"stop":"\#(String(repeating: "x", count: 256))"}"#).status, 200)
+        try assertError(post("/v1/completions", #"{"prompt":"Hi","logprobs":21}"#), status: 400, param: "logprobs")
+        try assertError(post("/v1/chat/completions", #"{"messages":[{"role":"user","content":"Hi"}],"logprobs":true,"top_logprobs":21}"#),
+                        status: 400, param: "top_logprobs")
+        try assertError(post("/v1/completions", #"{"prompt":"Hi","max_tokens":2147483648}"#), status: 400, param: "max_tokens")
+        // 1025 distinct keys: duplicates collapse (the last wins), so spell ids differently with leading zeros.
+        let distinct = (0..<1025).map { "\"\(String(repeating: "0", count: $0 / 320))\($0 % 320)\":1" }.joined(separator: ",")
+        try assertError(post("/v1/completions", #"{"prompt":"Hi","logit_bias":{\#(distinct)}}"#), status: 400, param: "logit_bias")
+        let deep = String(repeating: "[", count: 65) + String(repeating: "]", count: 65)
+        try assertError(post("/v1/completions", #"{"prompt":"Hi","x":\#(deep)}"#), status: 400, param: nil)
+        try assertError(post("/v1/completions", #"{"prompt":"\#(String(repeating: "cat ", count: 200))"}"#), status: 400, param: "prompt")
+    }
+
     /// llama-server's `add_special` (and vLLM's `add_special_tokens`) decide whether BOS comes first.
     func testAddSpecialControlsBOS() throws {
         let bos = 317
@@ -85,5 +172,15 @@ final class RequestLimitTests: XCTestCase {
         }
         let counted = try post("/v1/completions", #"{"prompt":"Hello","max_tokens":1,"add_special":false}"#)
         XCTAssertEqual(try usage(counted)["prompt_tokens"] as? Int, with.count - 1)
+    }
+
+    /// No field names a file, path or URL the server would open: such text is only ever a name or a prompt.
+    func testPathsInRequestsAreNeverOpened() throws {
+        let r = try post("/v1/completions", #"{"model":"../../../../etc/passwd","prompt":"Hi"}"#)
+        try assertError(r, status: 404, param: "model")
+        XCTAssertFalse(r.text.contains("root:"))
+        let file = try post("/v1/completions", #"{"prompt":"file:///etc/passwd","max_tokens":1}"#)
+        XCTAssertEqual(file.status, 200)
+        XCTAssertFalse(file.text.contains("root:"))
     }
 }
