@@ -38,6 +38,8 @@ final class HTTPConnection: @unchecked Sendable {
     private var tornDown = false
     private var inBuf: [UInt8] = []
     private var scanOffset = 0
+    /// Validates the request line of the request now arriving; reset for each request.
+    private var lineScanner = HTTPRequestLineScanner()
     private(set) var phase = Phase.head
     private var idleSince: Double
     private var headStart: Double?
@@ -180,7 +182,7 @@ final class HTTPConnection: @unchecked Sendable {
                 if inBuf.isEmpty { return }
                 if headStart == nil { headStart = httpMonotonicSeconds() }
                 guard let end = HTTPParser.findHeadEnd(inBuf, from: scanOffset) else {
-                    if let problem = HTTPParser.requestLinePrefixError(inBuf) {
+                    if let problem = lineScanner.check(inBuf) {
                         sendError(400, problem)
                     } else if inBuf.count > config.maxHeaderBytes {
                         sendError(431, "request header block exceeds \(config.maxHeaderBytes) bytes")
@@ -202,6 +204,7 @@ final class HTTPConnection: @unchecked Sendable {
                 }
                 inBuf.removeFirst(end)
                 scanOffset = 0
+                lineScanner = HTTPRequestLineScanner()
                 head = parsed
                 body = []
                 switch parsed.framing {

@@ -212,44 +212,6 @@ enum HTTPParser {
                           acceptsGzip: acceptsGzip, contentEncoding: contentEncoding)
     }
 
-    static let maxMethodLength = 32
-
-    /// Checks the start of a header block that is not complete yet: nil while it can still become a valid
-    /// request line, else why not. Lets random bytes, TLS on the plain port or an HTTP/0.9 line ("GET /")
-    /// get their 400 at once instead of waiting for the header timeout.
-    static func requestLinePrefixError(_ buf: [UInt8]) -> String? {
-        enum Part { case method, target, version }
-        var part = Part.method
-        var length = 0
-        let http: [UInt8] = Array("HTTP/".utf8)
-        for c in buf {
-            switch part {
-            case .method:
-                if c == sp && length > 0 { part = .target; length = 0; continue }
-                guard isTokenChar(c) else { return "malformed request line" }
-                length += 1
-                if length > maxMethodLength { return "malformed method" }
-            case .target:
-                if c == sp && length > 0 { part = .version; length = 0; continue }
-                guard c > 32 && c != 127 else { return "malformed request line (HTTP/0.9 is not supported)" }
-                length += 1
-            case .version:
-                let ok: Bool
-                switch length {
-                case 0..<5: ok = c == http[length]
-                case 5, 7: ok = c >= 48 && c <= 57
-                case 6: ok = c == UInt8(ascii: ".")
-                case 8: ok = c == cr || c == lf
-                default: ok = c == lf
-                }
-                guard ok else { return "malformed request line" }
-                if c == lf { return nil }
-                length += 1
-            }
-        }
-        return nil
-    }
-
     /// Whether an Accept-Encoding value admits `coding` (explicitly or via "*") with a non-zero q.
     static func acceptsCoding(_ coding: String, _ value: String) -> Bool {
         var star: Bool?
@@ -344,6 +306,54 @@ struct HTTPChunkedDecoder {
         while j < buf.count {
             if buf[j] == 10 { return (j > from && buf[j - 1] == 13 ? j - 1 : j, j + 1) }
             j += 1
+        }
+        return nil
+    }
+}
+
+/// Checks the start of a header block as it arrives, so random bytes, TLS on the plain port or an HTTP/0.9 line
+/// ("GET /") get their 400 at once instead of waiting for the header timeout. It resumes where the last call
+/// stopped: a client sending its request line one byte at a time costs linear time, not quadratic.
+struct HTTPRequestLineScanner {
+    static let maxMethodLength = 32
+    private enum Part { case method, target, version, done }
+    private var part = Part.method
+    private var length = 0
+    /// Bytes of the buffer already checked.
+    private var offset = 0
+    private static let http: [UInt8] = Array("HTTP/".utf8)
+
+    /// nil while `buf` (the same buffer, grown since the last call) can still begin a valid request line, else
+    /// why not. After the line's LF everything is left to the full parser.
+    mutating func check(_ buf: [UInt8]) -> String? {
+        while offset < buf.count && part != .done {
+            let c = buf[offset]
+            offset += 1
+            switch part {
+            case .method:
+                if c == 32 && length > 0 { part = .target; length = 0; continue }
+                guard HTTPParser.isTokenChar(c) else { return "malformed request line" }
+                length += 1
+                if length > Self.maxMethodLength { return "malformed method" }
+            case .target:
+                if c == 32 && length > 0 { part = .version; length = 0; continue }
+                guard c > 32 && c != 127 else { return "malformed request line (HTTP/0.9 is not supported)" }
+                length += 1
+            case .version:
+                let ok: Bool
+                switch length {
+                case 0..<5: ok = c == Self.http[length]
+                case 5, 7: ok = c >= 48 && c <= 57
+                case 6: ok = c == UInt8(ascii: ".")
+                case 8: ok = c == 13 || c == 10
+                default: ok = c == 10
+                }
+                guard ok else { return "malformed request line" }
+                if c == 10 { part = .done }
+                length += 1
+            case .done:
+                break
+            }
         }
         return nil
     }
