@@ -106,6 +106,28 @@ final class SpecialTokenTests: XCTestCase {
         }
     }
 
+    /// The checkpoint templates Tern renders like jinja2 (Tests/Fixtures/chat_templates) all keep whole-content
+    /// marking: every message's content, edge whitespace and all, is one marked stretch of the plain render.
+    func testEveryTestedTemplateKeepsWholeContentMarking() throws {
+        let dir = TestPaths.fixture("chat_templates")
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasSuffix(".jinja") }.sorted()
+        XCTAssertGreaterThanOrEqual(files.count, 8)
+        let contents = [" Hello there \n", "Fine, and <b>you</b>?", "Tell me\n\nmore."]
+        let messages = zip(["user", "assistant", "user"], contents).map { ChatMessage(role: $0, content: $1) }
+        for file in files {
+            let template = try ChatTemplate(source: try String(contentsOfFile: dir + "/" + file, encoding: .utf8))
+            let plain = try template.render(messages: messages, addGenerationPrompt: true, bosToken: "<s>", eosToken: "</s>")
+            let marked = try template.renderMarkingContent(messages: messages, addGenerationPrompt: true, bosToken: "<s>",
+                                                           eosToken: "</s>", specialRanges: { _ in [] })
+            XCTAssertEqual(marked.text, plain, file)
+            XCTAssertEqual(marked.contentRanges.count, 3, file)
+            let bytes = Array(plain.utf8)
+            for (range, content) in zip(marked.contentRanges, contents) {
+                XCTAssertEqual(String(decoding: bytes[range], as: UTF8.self), content.trimmingCharacters(in: .whitespacesAndNewlines), file)
+            }
+        }
+    }
+
     /// Templates that transform content (Llama 3's `| trim`, reasoning templates' `.split(...)`) keep the
     /// guarantee: whole-content marking where the render is unchanged by it, marking of each special-token text
     /// in the content otherwise.
