@@ -840,6 +840,9 @@ final class HTTPServerTests: XCTestCase {
             XCTAssertEqual(answer.status, 400, answer.text)
             XCTAssertNotNil(Self.errorMessage(answer))
         }
+        // No body, nothing to decode.
+        c.send("GET /hello HTTP/1.1\r\nHost: t\r\nContent-Encoding: gzip\r\n\r\n")
+        XCTAssertEqual(c.readResponse()?.text, "hello")
         // Codings nobody here decodes: 415 before the body is read.
         let u = try HTTPRawClient(port: server.port)
         u.send("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Encoding: br\r\nContent-Length: 4\r\n\r\n")

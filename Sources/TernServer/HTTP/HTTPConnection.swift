@@ -274,7 +274,7 @@ final class HTTPConnection: @unchecked Sendable {
         var requestBody = Data(body)
         var headers = h.headers
         body = []
-        if let coding = h.contentEncoding {
+        if let coding = h.contentEncoding, !requestBody.isEmpty {
             do {
                 requestBody = try HTTPGzip.decompress(requestBody, limit: config.maxBodyBytes)
             } catch {
