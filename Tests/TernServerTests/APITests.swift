@@ -42,6 +42,32 @@ final class TestServer {
     }
 }
 
+/// A test class's server: started by the first test that asks, stopped once in the class's tearDown.
+final class LazyTestServer: @unchecked Sendable {
+    // XCTest runs one class's tests one after another on one thread; the lock only guards against surprises.
+    private let lock = NSLock()
+    private let make: @Sendable () throws -> TestServer
+    private var server: TestServer?
+
+    init(_ make: @escaping @Sendable () throws -> TestServer) { self.make = make }
+
+    func get() throws -> TestServer {
+        try lock.withLock {
+            if let server { return server }
+            let s = try make()
+            server = s
+            return s
+        }
+    }
+
+    func stop() {
+        lock.withLock {
+            server?.stop()
+            server = nil
+        }
+    }
+}
+
 struct RawResponse {
     var status: Int
     var headers: [String: String]
@@ -139,19 +165,11 @@ enum RawClient {
 }
 
 final class APITests: XCTestCase {
-    nonisolated(unsafe) static var shared: TestServer?
+    static let shared = LazyTestServer { try TestServer(model: TestPaths.fixture("llama/llama-f32.gguf")) }
 
-    func server() throws -> TestServer {
-        if let s = Self.shared { return s }
-        let s = try TestServer(model: TestPaths.fixture("llama/llama-f32.gguf"))
-        Self.shared = s
-        return s
-    }
+    func server() throws -> TestServer { try Self.shared.get() }
 
-    override class func tearDown() {
-        shared?.stop()
-        shared = nil
-    }
+    override class func tearDown() { shared.stop() }
 
     func post(_ path: String, _ body: String, headers: [String: String] = [:]) throws -> RawResponse {
         try RawClient.request(try server().port, "POST", path, body, headers: headers)

@@ -9,19 +9,11 @@ import XCTest
 @testable import TernServer
 
 final class RequestLimitTests: XCTestCase {
-    nonisolated(unsafe) static var shared: TestServer?
+    static let shared = LazyTestServer { try TestServer(model: TestPaths.fixture("llama/llama-f32.gguf")) }
 
-    func server() throws -> TestServer {
-        if let s = Self.shared { return s }
-        let s = try TestServer(model: TestPaths.fixture("llama/llama-f32.gguf"))
-        Self.shared = s
-        return s
-    }
+    func server() throws -> TestServer { try Self.shared.get() }
 
-    override class func tearDown() {
-        shared?.stop()
-        shared = nil
-    }
+    override class func tearDown() { shared.stop() }
 
     func post(_ path: String, _ body: String) throws -> RawResponse {
         try RawClient.request(try server().port, "POST", path, body)
