@@ -153,6 +153,23 @@ final class RequestLimitTests: XCTestCase {
         try assertError(post("/v1/completions", #"{"prompt":"\#(String(repeating: "cat ", count: 200))"}"#), status: 400, param: "prompt")
     }
 
+    /// A gzip-compressed request body is the same request as the plain one.
+    func testGzipCompressedBodyIsServed() throws {
+        let json = #"{"prompt":"Hello, the cat","max_tokens":6,"temperature":0,"ignore_eos":true}"#
+        let plain = try post("/v1/completions", json)
+        let zipped = try XCTUnwrap(HTTPGzip.compress(Data(json.utf8)))
+        let fd = try RawClient.connect(port: try server().port)
+        defer { close(fd) }
+        let head = "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            + "Content-Encoding: gzip\r\nContent-Length: \(zipped.count)\r\n\r\n"
+        let bytes = Array(head.utf8) + Array(zipped)
+        XCTAssertEqual(bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }, bytes.count)
+        let r = RawClient.parse(RawClient.readAll(fd))
+        XCTAssertEqual(r.status, 200, r.text)
+        func text(_ r: RawResponse) throws -> String? { (try r.json()["choices"] as? [[String: Any]])?.first?["text"] as? String }
+        XCTAssertEqual(try text(r), try text(plain))
+    }
+
     /// llama-server's `add_special` (and vLLM's `add_special_tokens`) decide whether BOS comes first.
     func testAddSpecialControlsBOS() throws {
         let bos = 317
