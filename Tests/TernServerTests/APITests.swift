@@ -15,18 +15,19 @@ final class TestServer {
     let api: OpenAIServer
     var port: Int { http.port }
 
-    init(model path: String, apiKeys: [String] = [], maxQueue: Int = 64, context: Int = 128, name: String = "tiny") throws {
+    init(model path: String, apiKeys: [String] = [], maxQueue: Int = 64, context: Int = 128, name: String = "tiny",
+         kvCacheMiB: Int = 32, logger: Logger? = nil) throws {
         let loaded = try LoadedModel(path: path)
-        var config = EngineConfiguration(threads: 2, contextLength: context, kvCacheBytes: 32 << 20)
+        var config = EngineConfiguration(threads: 2, contextLength: context, kvCacheBytes: kvCacheMiB << 20)
         config.maxQueue = maxQueue
         config.blockSize = 4
         engine = try Engine(loaded: loaded, configuration: config)
         engine.start()
         var options = ServerOptions(modelName: name)
         options.apiKeys = apiKeys
-        var logger = Logger(label: "test")
-        logger.logLevel = .error
-        let api = OpenAIServer(options: options, logger: logger)
+        var quiet = Logger(label: "test")
+        quiet.logLevel = .error
+        let api = OpenAIServer(options: options, logger: logger ?? quiet)
         api.ready(engine: engine)
         self.api = api
         var hc = HTTPServerConfiguration()
@@ -38,6 +39,32 @@ final class TestServer {
     func stop() {
         http.shutdown(timeout: 2)
         engine.stop()
+    }
+}
+
+/// A test class's server: started by the first test that asks, stopped once in the class's tearDown.
+final class LazyTestServer: @unchecked Sendable {
+    // XCTest runs one class's tests one after another on one thread; the lock only guards against surprises.
+    private let lock = NSLock()
+    private let make: @Sendable () throws -> TestServer
+    private var server: TestServer?
+
+    init(_ make: @escaping @Sendable () throws -> TestServer) { self.make = make }
+
+    func get() throws -> TestServer {
+        try lock.withLock {
+            if let server { return server }
+            let s = try make()
+            server = s
+            return s
+        }
+    }
+
+    func stop() {
+        lock.withLock {
+            server?.stop()
+            server = nil
+        }
     }
 }
 
@@ -138,19 +165,11 @@ enum RawClient {
 }
 
 final class APITests: XCTestCase {
-    nonisolated(unsafe) static var shared: TestServer?
+    static let shared = LazyTestServer { try TestServer(model: TestPaths.fixture("llama/llama-f32.gguf")) }
 
-    func server() throws -> TestServer {
-        if let s = Self.shared { return s }
-        let s = try TestServer(model: TestPaths.fixture("llama/llama-f32.gguf"))
-        Self.shared = s
-        return s
-    }
+    func server() throws -> TestServer { try Self.shared.get() }
 
-    override class func tearDown() {
-        shared?.stop()
-        shared = nil
-    }
+    override class func tearDown() { shared.stop() }
 
     func post(_ path: String, _ body: String, headers: [String: String] = [:]) throws -> RawResponse {
         try RawClient.request(try server().port, "POST", path, body, headers: headers)
@@ -367,7 +386,7 @@ final class APITests: XCTestCase {
         for stream in [true, false] {
             let fd = try RawClient.connect(port: s.port)
             RawClient.send(fd, method: "POST", path: "/v1/completions",
-                           body: #"{"prompt":"Hello","max_tokens":100000,"ignore_eos":true,"stream":\#(stream)}"#)
+                           body: #"{"prompt":"Hello","max_tokens":120,"ignore_eos":true,"stream":\#(stream)}"#)
             Thread.sleep(forTimeInterval: 0.3)
             close(fd)
             XCTAssertTrue(s.engine.waitUntilIdle(timeout: 5), "generation went on after the client left (stream: \(stream))")

@@ -236,6 +236,7 @@ final class HTTPServerTests: XCTestCase {
                 }
             case "/never":
                 writer.onClose { events.update { $0.append("never-closed") } }
+                events.update { $0.append("never-started") }
             case "/flood":
                 writer.onClose { events.update { $0.append("flood-closed") } }
                 Thread.detachNewThread {
@@ -634,7 +635,7 @@ final class HTTPServerTests: XCTestCase {
             c.send("GET /never HTTP/1.1\r\nHost: t\r\n\r\n")
             XCTAssertTrue(httpEventually { server.activeConnections == 1 })
         }
-        XCTAssertTrue(httpEventually { events.get() == ["never-closed"] }, "\(events.get())")
+        XCTAssertTrue(httpEventually { events.get() == ["never-started", "never-closed"] }, "\(events.get())")
         XCTAssertTrue(httpEventually { server.activeConnections == 0 })
     }
 
@@ -722,12 +723,130 @@ final class HTTPServerTests: XCTestCase {
         let server = try makeServer(events: events)
         let c = try HTTPRawClient(port: server.port)
         c.send("GET /never HTTP/1.1\r\nHost: t\r\n\r\n")
-        XCTAssertTrue(httpEventually { server.activeConnections == 1 })
+        // Wait for the handler, not just the connection: a connection whose request is unread is idle and
+        // closes at once without ever reaching it.
+        XCTAssertTrue(httpEventually { events.get() == ["never-started"] })
         let start = Date()
         server.shutdown(timeout: 0.3)
         XCTAssertLessThan(Date().timeIntervalSince(start), 1.5)
         XCTAssertEqual(server.activeConnections, 0)
-        XCTAssertTrue(httpEventually { events.get() == ["never-closed"] })
+        XCTAssertTrue(httpEventually { events.get() == ["never-started", "never-closed"] })
+    }
+
+    func testShutdownHookRunsOnlyAfterTheTimeout() throws {
+        let events = HTTPTestBox<[String]>([])
+        let server = try makeServer(events: events)
+        let c = try HTTPRawClient(port: server.port)
+        c.send("GET /stream?n=1000&delay=10 HTTP/1.1\r\nHost: t\r\n\r\n")
+        XCTAssertEqual(c.readHead()?.status, 200)
+        let start = Date()
+        server.shutdown(timeout: 0.3, onTimeout: { events.update { $0.append("timeout-hook") } }, grace: 0.2)
+        let took = Date().timeIntervalSince(start)
+        XCTAssertGreaterThan(took, 0.45)
+        XCTAssertLessThan(took, 2)
+        XCTAssertEqual(events.get().filter { $0 == "timeout-hook" }.count, 1)
+        XCTAssertEqual(server.activeConnections, 0)
+        // A server with nothing in flight never calls it.
+        let idle = try makeServer(events: events)
+        idle.shutdown(timeout: 0.3, onTimeout: { events.update { $0.append("idle-hook") } })
+        XCTAssertFalse(events.get().contains("idle-hook"))
+    }
+
+    // MARK: issue 15: request details
+
+    func testHTTP11WithoutHostIs400() throws {
+        let server = try makeServer()
+        let c = try HTTPRawClient(port: server.port)
+        c.send("GET /hello HTTP/1.1\r\n\r\n")
+        let r = try XCTUnwrap(c.readResponse())
+        XCTAssertEqual(r.status, 400)
+        XCTAssertTrue(Self.errorMessage(r)?.contains("Host") ?? false, r.text)
+        let old = try HTTPRawClient(port: server.port)
+        old.send("GET /hello HTTP/1.0\r\n\r\n")
+        XCTAssertEqual(old.readResponse()?.text, "hello", "HTTP/1.0 needs no Host")
+    }
+
+    /// Garbage, TLS on the plain port and HTTP/0.9 get their 400 as soon as the first bytes show it, not after
+    /// the header timeout.
+    func testBadRequestLinesAre400AtOnce() throws {
+        let server = try makeServer { $0.headerTimeout = 10 }
+        let cases: [[UInt8]] = [
+            Array("GET /\r\n".utf8),                       // HTTP/0.9
+            [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00],      // a TLS ClientHello
+            Array("\u{7f}ELF garbage".utf8),
+            Array("GET /x HTTP/1.1 extra".utf8),
+            Array("GET  /x".utf8),
+            Array(String(repeating: "A", count: 40).utf8),    // no method is that long
+        ]
+        for bytes in cases {
+            let c = try HTTPRawClient(port: server.port)
+            let start = Date()
+            c.send(bytes)
+            let r = try XCTUnwrap(c.readResponse(), "\(bytes)")
+            XCTAssertEqual(r.status, 400, "\(bytes)")
+            XCTAssertLessThan(Date().timeIntervalSince(start), 2, "\(bytes)")
+            XCTAssertTrue(c.waitForClose())
+        }
+        // A request line arriving in pieces is still fine.
+        let slow = try HTTPRawClient(port: server.port)
+        for piece in ["GE", "T /hel", "lo HT", "TP/1", ".1\r\nHo", "st: t\r\n\r\n"] {
+            slow.send(piece)
+            usleep(20_000)
+        }
+        XCTAssertEqual(slow.readResponse()?.text, "hello")
+    }
+
+    /// gzip compressed by GNU gzip, the independent reference.
+    private func gnuGzip(_ data: [UInt8]) throws -> [UInt8] {
+        guard FileManager.default.isExecutableFile(atPath: "/bin/gzip") else { throw XCTSkip("no /bin/gzip") }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/gzip")
+        p.arguments = ["-c"]
+        let inPipe = Pipe(), outPipe = Pipe()
+        p.standardInput = inPipe
+        p.standardOutput = outPipe
+        try p.run()
+        let writer = Thread { inPipe.fileHandleForWriting.write(Data(data)); try? inPipe.fileHandleForWriting.close() }
+        writer.start()
+        let out = outPipe.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return [UInt8](out)
+    }
+
+    func testGzipRequestBodiesAreDecoded() throws {
+        let server = try makeServer { $0.maxBodyBytes = 100_000 }
+        let text = Array(String(repeating: "{\"prompt\":\"hello\"} ", count: 200).utf8)
+        let zipped = try gnuGzip(text)
+        let c = try HTTPRawClient(port: server.port)
+        c.send(Array("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Encoding: gzip\r\nContent-Length: \(zipped.count)\r\n\r\n".utf8) + zipped)
+        let r = try XCTUnwrap(c.readResponse())
+        XCTAssertEqual(r.status, 200)
+        XCTAssertEqual(r.body, text)
+        // Two members back to back decode to both texts, as gzip -d does.
+        let twice = zipped + zipped
+        c.send(Array("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Encoding: gzip\r\nContent-Length: \(twice.count)\r\n\r\n".utf8) + twice)
+        XCTAssertEqual(c.readResponse()?.body, text + text)
+
+        // A body that inflates past the limit: 413 without inflating it all.
+        let bomb = try gnuGzip([UInt8](repeating: 0, count: 5_000_000))
+        let b = try HTTPRawClient(port: server.port)
+        b.send(Array("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Encoding: gzip\r\nContent-Length: \(bomb.count)\r\n\r\n".utf8) + bomb)
+        XCTAssertEqual(b.readResponse()?.status, 413)
+        // Damaged or cut bodies: 400.
+        for bad in [Array(zipped.prefix(zipped.count / 2)), Array(zipped.prefix(10)) + [UInt8](repeating: 0xAB, count: 40), Array("plain".utf8)] {
+            let d = try HTTPRawClient(port: server.port)
+            d.send(Array("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Encoding: gzip\r\nContent-Length: \(bad.count)\r\n\r\n".utf8) + bad)
+            let answer = try XCTUnwrap(d.readResponse())
+            XCTAssertEqual(answer.status, 400, answer.text)
+            XCTAssertNotNil(Self.errorMessage(answer))
+        }
+        // No body, nothing to decode.
+        c.send("GET /hello HTTP/1.1\r\nHost: t\r\nContent-Encoding: gzip\r\n\r\n")
+        XCTAssertEqual(c.readResponse()?.text, "hello")
+        // Codings nobody here decodes: 415 before the body is read.
+        let u = try HTTPRawClient(port: server.port)
+        u.send("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Encoding: br\r\nContent-Length: 4\r\n\r\n")
+        XCTAssertEqual(u.readResponse()?.status, 415)
     }
 
     // MARK: start errors

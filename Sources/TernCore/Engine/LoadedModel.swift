@@ -36,12 +36,16 @@ public final class LoadedModel: Sendable {
     /// The transformer, when the checkpoint is one.
     public var llama: LlamaModel? { model as? LlamaModel }
 
-    /// Prompt tokens for raw text: BOS first when the tokenizer asks for it; special-token text is not parsed.
-    public func promptTokens(text: String) -> [Int32] {
-        var ids: [Int32] = []
-        if tokenizer.spec.addBOS, let bos = tokenizer.spec.bosID { ids.append(bos) }
-        ids += tokenizer.encode(text, parseSpecial: false)
-        return ids
+    /// Prompt tokens for raw text. `addSpecial`: BOS first when the tokenizer asks for it (never twice, when the
+    /// text already starts with it). `parseSpecial`: special-token text such as "<|im_start|>" becomes its id, as
+    /// llama-server and vLLM do for completion prompts; off by default for the command-line tools.
+    public func promptTokens(text: String, parseSpecial: Bool = false, addSpecial: Bool = true) -> [Int32] {
+        withBOS(tokenizer.encode(text, parseSpecial: parseSpecial), addSpecial: addSpecial)
+    }
+
+    private func withBOS(_ ids: [Int32], addSpecial: Bool) -> [Int32] {
+        guard addSpecial, tokenizer.spec.addBOS, let bos = tokenizer.spec.bosID, ids.first != bos else { return ids }
+        return [bos] + ids
     }
 
     public enum ChatError: Error, CustomStringConvertible {
@@ -49,16 +53,18 @@ public final class LoadedModel: Sendable {
         public var description: String { "this checkpoint has no chat template" }
     }
 
-    /// Renders messages with the checkpoint's chat template and tokenizes the result (special tokens parsed).
+    /// Renders messages with the checkpoint's chat template and tokenizes the result: the template's own text
+    /// with special tokens parsed, message content without, so no message can forge a turn marker
+    /// (see MarkedChatRendering.swift).
     public func chatPromptTokens(messages: [ChatMessage], addGenerationPrompt: Bool = true) throws -> [Int32] {
         guard let template = chatTemplate else { throw ChatError.noTemplate }
         let bosText = tokenizer.spec.bosID.map { tokenizer.tokenText($0) } ?? ""
         let eosText = tokenizer.spec.eosID.map { tokenizer.tokenText($0) } ?? ""
-        let text = try template.render(messages: messages, addGenerationPrompt: addGenerationPrompt,
-                                       bosToken: bosText, eosToken: eosText)
-        var ids = tokenizer.encode(text, parseSpecial: true)
+        let marked = try template.renderMarkingContent(messages: messages, addGenerationPrompt: addGenerationPrompt,
+                                                       bosToken: bosText, eosToken: eosText,
+                                                       specialRanges: { [tokenizer] in tokenizer.controlTokenRanges(in: $0) })
+        let ids = tokenizer.encode(marked.text, parseSpecial: true, literalRanges: marked.contentRanges)
         // Templates that print the BOS text themselves must not get a second one.
-        if tokenizer.spec.addBOS, let bos = tokenizer.spec.bosID, ids.first != bos { ids.insert(bos, at: 0) }
-        return ids
+        return withBOS(ids, addSpecial: true)
     }
 }

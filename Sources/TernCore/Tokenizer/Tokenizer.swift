@@ -150,7 +150,7 @@ public final class Tokenizer: Sendable {
             }
         }
         alwaysSpecials = SpecialTokenMatcher(always)
-        parsedSpecials = SpecialTokenMatcher(always + parsed)
+        parsedSpecials = SpecialTokenMatcher(always + parsed, literalBlocked: Set(parsed.map(\.1)))
 
         var eog = Set(spec.endOfGenerationIDs)
         if eog.isEmpty {
@@ -201,6 +201,14 @@ public final class Tokenizer: Sendable {
     /// Never adds BOS/EOS. With `parseSpecial`, control tokens written in the text (e.g. "<|im_start|>") become
     /// their ids; without it they are tokenized as ordinary text.
     public func encode(_ text: String, parseSpecial: Bool = false) -> [Int32] {
+        encode(text, parseSpecial: parseSpecial, literalRanges: [])
+    }
+
+    /// Like `encode(_:parseSpecial:)`, but no special token is recognised where its text overlaps one of
+    /// `literalRanges` (UTF-8 byte offsets into `text`, ascending): those bytes are ordinary text and merge with
+    /// the plain text around them, so text that came from a user (a chat message) tokenizes exactly as it would
+    /// with special parsing off while the template's own markers around it stay special.
+    public func encode(_ text: String, parseSpecial: Bool, literalRanges: [Range<Int>]) -> [Int32] {
         var out: [Int32] = []
         out.reserveCapacity(text.utf8.count / 3 + 4)
         var ws = BPEWorkspace()
@@ -209,7 +217,7 @@ public final class Tokenizer: Sendable {
         var utf8 = Array(text.utf8)
         utf8.withUnsafeMutableBufferPointer { buf in
             let all = UnsafeBufferPointer(buf)
-            matcher.split(all) { segment, special in
+            matcher.split(all, literal: literalRanges) { segment, special in
                 if let special {
                     out.append(special)
                     afterSpecial = true
@@ -220,6 +228,21 @@ public final class Tokenizer: Sendable {
             }
         }
         return out
+    }
+
+    /// UTF-8 byte ranges of `text` that special parsing would turn into control tokens (and plain encoding
+    /// would not): where a text can open or close a turn.
+    public func controlTokenRanges(in text: String) -> [Range<Int>] {
+        var ranges: [Range<Int>] = []
+        let utf8 = Array(text.utf8)
+        utf8.withUnsafeBufferPointer { buf in
+            parsedSpecials.split(buf) { range, id in
+                guard let id else { return }
+                let type = spec.tokenTypes.isEmpty ? TokenizerSpec.TokenType.control : spec.tokenTypes[Int(id)]
+                if type != TokenizerSpec.TokenType.userDefined { ranges.append(range) }
+            }
+        }
+        return ranges
     }
 
     /// The raw-text pieces the byte-level pre-tokenizer makes (for tests and diagnostics).
@@ -427,11 +450,15 @@ struct SpecialTokenMatcher: Sendable {
     private let ids: [Int32]
     /// By first byte: candidate indices into texts, longest first.
     private let byFirstByte: [[Int32]]
+    /// Per entry: not recognised inside literal ranges. Only control tokens are: user-defined tokens match even
+    /// without special parsing, so literal text must still produce them to equal an encode without it.
+    private let blockedInLiteral: [Bool]
 
-    init(_ tokens: [(String, Int32)]) {
+    init(_ tokens: [(String, Int32)], literalBlocked: Set<Int32> = []) {
         let sorted = tokens.sorted { $0.0.utf8.count > $1.0.utf8.count }
         texts = sorted.map { Array($0.0.utf8) }
         ids = sorted.map { $0.1 }
+        blockedInLiteral = sorted.map { literalBlocked.contains($0.1) }
         var table = [[Int32]](repeating: [], count: 256)
         for (i, t) in texts.enumerated() where !t.isEmpty { table[Int(t[0])].append(Int32(i)) }
         byFirstByte = table
@@ -440,7 +467,7 @@ struct SpecialTokenMatcher: Sendable {
     var isEmpty: Bool { texts.isEmpty }
 
     /// Calls `body` with each stretch in order: (range, nil) for plain text, (range, id) for a special token.
-    func split(_ text: UnsafeBufferPointer<UInt8>, _ body: (Range<Int>, Int32?) -> Void) {
+    func split(_ text: UnsafeBufferPointer<UInt8>, literal: [Range<Int>] = [], _ body: (Range<Int>, Int32?) -> Void) {
         if texts.isEmpty {
             if !text.isEmpty { body(0..<text.count, nil) }
             return
@@ -455,7 +482,7 @@ struct SpecialTokenMatcher: Sendable {
                     let t = texts[Int(c)]
                     if t.count <= n - i && t.withUnsafeBufferPointer({ tb in
                         memcmpEqual(tb, text, at: i)
-                    }) {
+                    }) && !(blockedInLiteral[Int(c)] && literal.contains(where: { $0.overlaps(i..<i + t.count) })) {
                         if plainStart < i { body(plainStart..<i, nil) }
                         body(i..<i + t.count, ids[Int(c)])
                         i += t.count

@@ -20,7 +20,13 @@ struct CompletionJob {
 
     static let maxN = 16
     static let maxStops = 16
+    /// Characters of one stop string: every generated token is checked against each stop string's tail.
+    static let maxStopLength = 256
     static let maxTopLogprobs = 20
+    static let maxPrompts = 64
+    /// Sequences one request may start (prompts × n): each holds KV blocks and a place in the batch.
+    static let maxChoices = 128
+    static let maxLogitBias = 1024
 
     static func parse(_ body: Data, kind: Kind, model: LoadedModel, contextLength: Int, modelName: String) throws -> CompletionJob {
         let f = try RequestFields(body: body)
@@ -48,6 +54,10 @@ struct CompletionJob {
         }
         let stops = try f.strings("stop", max: maxStops)
         if stops.contains(where: { $0.isEmpty }) { throw APIError.invalid("stop", "stop strings must not be empty") }
+        if stops.contains(where: { $0.count > maxStopLength }) {
+            throw APIError.invalid("stop", "stop strings may be at most \(maxStopLength) characters long")
+        }
+        sampling.logitBias = try logitBias(f, vocabularySize: model.model.vocabularySize)
         let ignoreEOS = try f.bool("ignore_eos", default: false)
         _ = try f.string("user")
 
@@ -55,12 +65,14 @@ struct CompletionJob {
         var echo = false
         var prompts: [[Int32]] = []
         var promptTexts: [String] = []
-        var maxTokens: Int?
+        /// What the client asked for, and the parameter that carried it (for the error naming it).
+        var maxTokens: (count: Int, param: String)?
+        let promptParam = kind == .chat ? "messages" : "prompt"
         switch kind {
         case .completion:
             if let lp = try f.int("logprobs", in: 0...maxTopLogprobs) { logprobs = lp }
             echo = try f.bool("echo", default: false)
-            maxTokens = try f.int("max_tokens", in: 0...Int(Int32.max)) ?? 16
+            maxTokens = try f.int("max_tokens", in: 0...Int(Int32.max)).map { ($0, "max_tokens") }
             (prompts, promptTexts) = try completionPrompts(f, model: model)
         case .chat:
             if try f.bool("logprobs", default: false) {
@@ -68,22 +80,42 @@ struct CompletionJob {
             } else if f["top_logprobs"] != nil {
                 throw APIError.invalid("top_logprobs", "'top_logprobs' needs 'logprobs': true")
             }
-            maxTokens = try f.int("max_completion_tokens", in: 1...Int(Int32.max)) ?? f.int("max_tokens", in: 1...Int(Int32.max))
+            if let m = try f.int("max_completion_tokens", in: 1...Int(Int32.max)) {
+                maxTokens = (m, "max_completion_tokens")
+            } else if let m = try f.int("max_tokens", in: 1...Int(Int32.max)) {
+                maxTokens = (m, "max_tokens")
+            }
             let tokens = try chatPrompt(f, model: model)
             prompts = [tokens]
             promptTexts = [""]
         }
+        guard prompts.count * n <= maxChoices else {
+            throw APIError.invalid("n", "\(prompts.count) prompts with n = \(n) would start \(prompts.count * n) sequences; at most \(maxChoices) are allowed")
+        }
         var requests: [EngineRequest] = []
         for p in prompts {
-            guard !p.isEmpty else { throw APIError.invalid(kind == .chat ? "messages" : "prompt", "the prompt is empty") }
+            guard !p.isEmpty else { throw APIError.invalid(promptParam, "the prompt is empty") }
             guard p.count < contextLength else {
-                throw APIError.invalid(kind == .chat ? "messages" : "prompt",
-                                       "this model's context holds \(contextLength) tokens, but the prompt has \(p.count)")
+                throw APIError(400, "This model's maximum context length is \(contextLength) tokens. However, your \(promptParam) "
+                               + "resulted in \(p.count) tokens. Please reduce the length of the \(promptParam).",
+                               param: promptParam, code: "context_length_exceeded")
             }
-            // Output stops where the context ends (finish_reason "length").
             let room = contextLength - p.count
-            let wanted = maxTokens ?? room
-            requests.append(EngineRequest(promptTokens: p, maxTokens: min(wanted, room), sampling: sampling,
+            let count: Int
+            if let (wanted, param) = maxTokens {
+                // Asking for more than fits is an error (as in vLLM and OpenAI), not a silent cut.
+                guard wanted <= room else {
+                    throw APIError(400, "This model's maximum context length is \(contextLength) tokens. However, you requested "
+                                   + "\(p.count + wanted) tokens (\(p.count) in the \(promptParam), \(wanted) for the completion). "
+                                   + "Please reduce the length of the \(promptParam) or completion.",
+                                   param: param, code: "context_length_exceeded")
+                }
+                count = wanted
+            } else {
+                // Unspecified: chat runs up to the end of the context, completions default to 16 tokens.
+                count = kind == .chat ? room : min(16, room)
+            }
+            requests.append(EngineRequest(promptTokens: p, maxTokens: count, sampling: sampling,
                                           stopStrings: stops, ignoreEOS: ignoreEOS, n: n,
                                           logprobs: logprobs, promptLogprobs: echo && logprobs != nil))
         }
@@ -102,7 +134,8 @@ struct CompletionJob {
                 return Int32(i)
             }
         }
-        func textPrompt(_ s: String) -> [Int32] { model.promptTokens(text: s) }
+        let special = try specialTokenOptions(f)
+        func textPrompt(_ s: String) -> [Int32] { model.promptTokens(text: s, parseSpecial: special.parse, addSpecial: special.add) }
         switch p {
         case .string(let s): return ([textPrompt(s)], [s])
         case .array(let items):
@@ -111,7 +144,7 @@ struct CompletionJob {
                 let t = try ids(items)
                 return ([t], [model.tokenizer.decode(t)])
             }
-            guard items.count <= 64 else { throw APIError.invalid("prompt", "at most 64 prompts per request") }
+            guard items.count <= maxPrompts else { throw APIError.invalid("prompt", "at most \(maxPrompts) prompts per request") }
             var out: [[Int32]] = [], texts: [String] = []
             for item in items {
                 switch item {
@@ -127,6 +160,45 @@ struct CompletionJob {
         default:
             throw APIError.invalid("prompt", "'prompt' must be a string, an array of strings, or token-id arrays")
         }
+    }
+
+    /// llama-server's fields for text prompts: `parse_special` (special-token text such as "<|im_start|>"
+    /// becomes its token, as llama-server and vLLM do by default) and `add_special` (BOS when the model wants
+    /// it; vLLM calls it `add_special_tokens`). Both default to true.
+    static func specialTokenOptions(_ f: RequestFields) throws -> (parse: Bool, add: Bool) {
+        let parse = try f.bool("parse_special", default: true)
+        let add = try f.bool("add_special", default: f.bool("add_special_tokens", default: true))
+        return (parse, add)
+    }
+
+    /// OpenAI's `logit_bias`: token ids written as strings, each mapped to a bias from -100 to 100 that the
+    /// sampler adds to the token's logit.
+    static func logitBias(_ f: RequestFields, vocabularySize: Int) throws -> [Int32: Float] {
+        guard let v = f["logit_bias"] else { return [:] }
+        guard case .object(let pairs) = v else {
+            throw APIError.invalid("logit_bias", "'logit_bias' must be an object mapping token ids (strings) to numbers from -100 to 100")
+        }
+        guard pairs.count <= maxLogitBias else {
+            throw APIError.invalid("logit_bias", "'logit_bias' may hold at most \(maxLogitBias) tokens, got \(pairs.count)")
+        }
+        var bias: [Int32: Float] = [:]
+        for (key, value) in pairs {
+            guard !key.isEmpty, key.utf8.count <= 10, key.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }),
+                  let id = Int(key), id < vocabularySize else {
+                throw APIError.invalid("logit_bias", "'logit_bias' key '\(key.prefix(40))' is not a token id in 0..<\(vocabularySize)")
+            }
+            let b: Double
+            switch value {
+            case .int(let i): b = Double(i)
+            case .double(let d): b = d
+            default: throw APIError.invalid("logit_bias", "'logit_bias' value for token \(id) must be a number")
+            }
+            guard b >= -100 && b <= 100 else {
+                throw APIError.invalid("logit_bias", "'logit_bias' value for token \(id) must be between -100 and 100, got \(b)")
+            }
+            bias[Int32(id)] = Float(b)
+        }
+        return bias
     }
 
     static func chatPrompt(_ f: RequestFields, model: LoadedModel) throws -> [Int32] {

@@ -30,8 +30,10 @@ public enum JSONValue: Sendable, Equatable {
         return nil
     }
 
-    public static func parse(_ data: Data) throws -> JSONValue {
-        try JSONDecoder().decode(JSONValue.self, from: data)
+    /// Strict parsing with bounded nesting; the last of duplicate keys wins (see JSONParser).
+    public static func parse(_ data: Data, maxDepth: Int = JSONParser.defaultMaxDepth) throws(JSONParseError) -> JSONValue {
+        var parser = JSONParser(data, maxDepth: maxDepth)
+        return try parser.parseDocument()
     }
 
     // MARK: encoding

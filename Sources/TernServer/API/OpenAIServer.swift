@@ -1,6 +1,7 @@
 // The OpenAI-compatible API over the engine: routing, API keys, health while loading, models, completions,
 // chat completions, tokenize/detokenize and Prometheus metrics. Handlers never block: generation results
-// flow back from the engine thread through CompletionResponder.
+// flow back from the engine thread through CompletionResponder, which formats and writes them on a queue of
+// its own.
 
 import Foundation
 import Logging
@@ -21,7 +22,10 @@ public final class OpenAIServer: @unchecked Sendable {
     private let options: ServerOptions
     private let logger: Logger
     private let startTime = Date()
-    private var httpRequests = [String: Int]()
+    /// Completion responses not yet ended, for `abortInFlight`; guarded by `lock`.
+    private var inFlight: [ObjectIdentifier: CompletionResponder] = [:]
+    /// Requests whose client went away before the response was complete; guarded by `lock`.
+    private var cancelledRequests = 0
 
     public init(options: ServerOptions, logger: Logger) {
         self.options = options
@@ -95,7 +99,9 @@ public final class OpenAIServer: @unchecked Sendable {
             else if e == nil { respondJSON(writer, ["status": "loading"], status: 503, log: log) }
             else { respondJSON(writer, ["status": "ok"], log: log) }
         case "/metrics":
-            let text = PrometheusExporter.render(currentEngine?.metrics(), uptime: Date().timeIntervalSince(startTime))
+            let cancelled = lock.withLock { cancelledRequests }
+            let text = PrometheusExporter.render(currentEngine?.metrics(), uptime: Date().timeIntervalSince(startTime),
+                                                 cancelledRequests: cancelled)
             writer.respond(status: 200, headers: [("Content-Type", "text/plain; version=0.0.4")], body: Data(text.utf8))
             log(200, 0)
         case "/v1/models":
@@ -112,8 +118,8 @@ public final class OpenAIServer: @unchecked Sendable {
             guard let text = try f.string("prompt") ?? f.string("content") else {
                 throw APIError.invalid("prompt", "'prompt' (a string) is required")
             }
-            let special = try f.bool("add_special_tokens", default: true)
-            let tokens = special ? engine.loaded.promptTokens(text: text) : engine.loaded.tokenizer.encode(text)
+            let options = try CompletionJob.specialTokenOptions(f)
+            let tokens = engine.loaded.promptTokens(text: text, parseSpecial: options.parse, addSpecial: options.add)
             let ids: [JSONValue] = tokens.map { .int(Int64($0)) }
             let body: JSONValue = .object([("tokens", .array(ids)), ("count", .int(Int64(tokens.count))),
                                            ("max_model_len", .int(Int64(engine.configuration.contextLength)))])
@@ -170,15 +176,21 @@ public final class OpenAIServer: @unchecked Sendable {
         let engine = try readyEngine()
         let job = try CompletionJob.parse(req.body, kind: kind, model: engine.loaded,
                                           contextLength: engine.configuration.contextLength, modelName: options.modelName)
+        let box = ResponderBox()
         let responder = CompletionResponder(job: job, writer: writer, tokenizer: engine.loaded.tokenizer,
-                                            modelName: options.modelName, onDone: log)
+                                            modelName: options.modelName) { [weak self] status, tokens in
+            if let self, let r = box.responder { self.ended(r, status: status) }
+            log(status, tokens)
+        }
+        box.responder = responder
         var tickets: [Engine.Ticket] = []
         do {
             for (p, r) in job.requests.enumerated() {
-                tickets.append(try engine.submit(r) { responder.handle(prompt: p, $0) })
+                tickets.append(try engine.submit(r) { responder.post(prompt: p, $0) })
             }
-        } catch let e as EngineSubmitError {
-            for t in tickets { t.cancel() }
+        } catch {
+            responder.abandon(cancelling: tickets)
+            guard let e = error as? EngineSubmitError else { throw error }
             switch e {
             case .queueFull:
                 var err = APIError(429, e.description, type: "rate_limit_error", code: "queue_full")
@@ -189,9 +201,33 @@ public final class OpenAIServer: @unchecked Sendable {
             case .stopped: throw APIError(503, e.description, type: "server_error")
             }
         }
-        responder.tickets = tickets
-        if job.stream { responder.beginStream() }
+        lock.withLock { inFlight[ObjectIdentifier(responder)] = responder }
+        responder.start(tickets: tickets)
         // A client that goes away cancels its request at the next engine step.
-        writer.onClose { responder.cancelAll() }
+        writer.onClose { responder.clientGone() }
     }
+
+    private func ended(_ responder: CompletionResponder, status: Int) {
+        lock.withLock {
+            inFlight.removeValue(forKey: ObjectIdentifier(responder))
+            if status == 499 { cancelledRequests += 1 }
+        }
+    }
+
+    /// Ends every completion still in flight, for a shutdown whose drain timeout has passed: each open stream
+    /// gets an OpenAI-style error event, `data: [DONE]` and a clean end of its chunked body; each request not
+    /// streamed gets a 503 JSON error. Their engine requests are cancelled. Returns at once; the responses are
+    /// written on their own queues (HTTPServer.shutdown waits for them to flush).
+    public func abortInFlight(reason: String = "the server is shutting down") {
+        let responders = lock.withLock { Array(inFlight.values) }
+        let error = APIError(503, reason, type: "server_error", code: "server_shutdown")
+        for r in responders { r.abort(error) }
+    }
+}
+
+/// Lets a responder's completion callback find the responder it was created with (the callback is an argument
+/// of the responder's initializer). Written once before the responder can call back; weak, because the
+/// responder holds the callback that holds this box.
+private final class ResponderBox: @unchecked Sendable {
+    weak var responder: CompletionResponder?
 }

@@ -4,7 +4,7 @@ import Foundation
 import TernCore
 
 enum PrometheusExporter {
-    static func render(_ m: EngineMetrics?, uptime: Double) -> String {
+    static func render(_ m: EngineMetrics?, uptime: Double, cancelledRequests: Int = 0) -> String {
         var out = ""
         func metric(_ name: String, _ type: String, _ help: String, _ value: Double) {
             out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n\(name) \(format(value))\n"
@@ -16,6 +16,8 @@ enum PrometheusExporter {
         }
         metric("tern_up", "gauge", "1 once the model is loaded.", m == nil ? 0 : 1)
         metric("tern_uptime_seconds", "gauge", "Seconds since the server started.", uptime)
+        metric("tern_requests_cancelled_total", "counter", "Completion requests whose client disconnected before the response was complete.",
+               Double(cancelledRequests))
         guard let m else { return out }
         metric("tern_requests_running", "gauge", "Requests being processed by the engine.", Double(m.requestsRunning))
         metric("tern_requests_waiting", "gauge", "Requests queued for the engine.", Double(m.requestsWaiting))

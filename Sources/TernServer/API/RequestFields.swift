@@ -12,7 +12,12 @@ struct RequestFields {
         do {
             value = try JSONValue.parse(body)
         } catch {
-            throw APIError(400, "the request body is not valid JSON")
+            switch error.kind {
+            case .tooDeep: throw APIError(400, "the request body is nested too deeply: \(error.description)")
+            case .numberOutOfRange: throw APIError(400, "the request body holds a number that does not fit a double: \(error.description)")
+            case .invalidUTF8: throw APIError(400, "the request body is not valid UTF-8: \(error.description)")
+            case .syntax: throw APIError(400, "the request body is not valid JSON: \(error.description)")
+            }
         }
         guard case .object(let o) = value else { throw APIError(400, "the request body must be a JSON object") }
         object = o

@@ -38,6 +38,8 @@ final class HTTPConnection: @unchecked Sendable {
     private var tornDown = false
     private var inBuf: [UInt8] = []
     private var scanOffset = 0
+    /// Validates the request line of the request now arriving; reset for each request.
+    private var lineScanner = HTTPRequestLineScanner()
     private(set) var phase = Phase.head
     private var idleSince: Double
     private var headStart: Double?
@@ -180,7 +182,9 @@ final class HTTPConnection: @unchecked Sendable {
                 if inBuf.isEmpty { return }
                 if headStart == nil { headStart = httpMonotonicSeconds() }
                 guard let end = HTTPParser.findHeadEnd(inBuf, from: scanOffset) else {
-                    if inBuf.count > config.maxHeaderBytes {
+                    if let problem = lineScanner.check(inBuf) {
+                        sendError(400, problem)
+                    } else if inBuf.count > config.maxHeaderBytes {
                         sendError(431, "request header block exceeds \(config.maxHeaderBytes) bytes")
                     } else {
                         scanOffset = max(0, inBuf.count - 3)
@@ -200,6 +204,7 @@ final class HTTPConnection: @unchecked Sendable {
                 }
                 inBuf.removeFirst(end)
                 scanOffset = 0
+                lineScanner = HTTPRequestLineScanner()
                 head = parsed
                 body = []
                 switch parsed.framing {
@@ -266,10 +271,22 @@ final class HTTPConnection: @unchecked Sendable {
         guard let h = head else { return }
         head = nil
         headStart = nil
+        var requestBody = Data(body)
+        var headers = h.headers
+        body = []
+        if let coding = h.contentEncoding, !requestBody.isEmpty {
+            do {
+                requestBody = try HTTPGzip.decompress(requestBody, limit: config.maxBodyBytes)
+            } catch {
+                sendError(error.status, "\(coding) request body: \(error.message)")
+                return
+            }
+            // The handler sees the decoded body, so the header that described the encoded one goes.
+            headers.removeAll { $0.name.lowercased() == "content-encoding" || $0.name.lowercased() == "content-length" }
+        }
         phase = .waitingResponse
         let request = HTTPRequest(method: h.method, path: h.path, query: h.query, version: h.version,
-                                  headers: h.headers, body: Data(body), remoteAddress: remoteAddress)
-        body = []
+                                  headers: headers, body: requestBody, remoteAddress: remoteAddress)
         lock.lock()
         seq += 1
         let mySeq = seq

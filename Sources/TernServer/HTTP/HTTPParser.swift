@@ -20,6 +20,8 @@ struct HTTPParsedHead {
     var keepAlive: Bool
     var expectContinue: Bool
     var acceptsGzip: Bool
+    /// The body's Content-Encoding when it must be decoded ("gzip" or "deflate"); nil for identity.
+    var contentEncoding: String? = nil
 
     func header(_ name: String) -> String? {
         for h in headers where h.name.caseInsensitiveCompare(name) == .orderedSame { return h.value }
@@ -144,6 +146,7 @@ enum HTTPParser {
         var expectContinue = false
         var acceptsGzip = false
         var hostCount = 0
+        var contentCodings: [String] = []
         for (name, value) in headers {
             switch name.lowercased() {
             case "content-length":
@@ -167,6 +170,9 @@ enum HTTPParser {
                 acceptsGzip = acceptsCoding("gzip", value)
             case "host":
                 hostCount += 1
+            case "content-encoding":
+                contentCodings += value.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
+                    .filter { !$0.isEmpty && $0 != "identity" }
             default:
                 break
             }
@@ -187,11 +193,23 @@ enum HTTPParser {
             }
             framing = .length(n)
         }
+        var contentEncoding: String?
+        switch contentCodings {
+        case []: break
+        case ["gzip"], ["x-gzip"]: contentEncoding = "gzip"
+        case ["deflate"]: contentEncoding = "deflate"
+        default:
+            throw HTTPParseError(status: 415, message: "unsupported Content-Encoding '\(contentCodings.joined(separator: ", "))' (gzip and deflate are accepted)")
+        }
+        // RFC 9112 §3.2: a server must answer 400 to an HTTP/1.1 request without Host.
+        if version == "HTTP/1.1" && hostCount == 0 {
+            throw HTTPParseError(status: 400, message: "an HTTP/1.1 request needs a Host header")
+        }
         let keepAlive = version == "HTTP/1.1" ? !connectionTokens.contains("close")
                                               : connectionTokens.contains("keep-alive")
         return HTTPParsedHead(method: method, path: path, query: query, version: version, headers: headers,
                           framing: framing, keepAlive: keepAlive, expectContinue: expectContinue && version == "HTTP/1.1",
-                          acceptsGzip: acceptsGzip)
+                          acceptsGzip: acceptsGzip, contentEncoding: contentEncoding)
     }
 
     /// Whether an Accept-Encoding value admits `coding` (explicitly or via "*") with a non-zero q.
@@ -288,6 +306,54 @@ struct HTTPChunkedDecoder {
         while j < buf.count {
             if buf[j] == 10 { return (j > from && buf[j - 1] == 13 ? j - 1 : j, j + 1) }
             j += 1
+        }
+        return nil
+    }
+}
+
+/// Checks the start of a header block as it arrives, so random bytes, TLS on the plain port or an HTTP/0.9 line
+/// ("GET /") get their 400 at once instead of waiting for the header timeout. It resumes where the last call
+/// stopped: a client sending its request line one byte at a time costs linear time, not quadratic.
+struct HTTPRequestLineScanner {
+    static let maxMethodLength = 32
+    private enum Part { case method, target, version, done }
+    private var part = Part.method
+    private var length = 0
+    /// Bytes of the buffer already checked.
+    private var offset = 0
+    private static let http: [UInt8] = Array("HTTP/".utf8)
+
+    /// nil while `buf` (the same buffer, grown since the last call) can still begin a valid request line, else
+    /// why not. After the line's LF everything is left to the full parser.
+    mutating func check(_ buf: [UInt8]) -> String? {
+        while offset < buf.count && part != .done {
+            let c = buf[offset]
+            offset += 1
+            switch part {
+            case .method:
+                if c == 32 && length > 0 { part = .target; length = 0; continue }
+                guard HTTPParser.isTokenChar(c) else { return "malformed request line" }
+                length += 1
+                if length > Self.maxMethodLength { return "malformed method" }
+            case .target:
+                if c == 32 && length > 0 { part = .version; length = 0; continue }
+                guard c > 32 && c != 127 else { return "malformed request line (HTTP/0.9 is not supported)" }
+                length += 1
+            case .version:
+                let ok: Bool
+                switch length {
+                case 0..<5: ok = c == Self.http[length]
+                case 5, 7: ok = c >= 48 && c <= 57
+                case 6: ok = c == UInt8(ascii: ".")
+                case 8: ok = c == 13 || c == 10
+                default: ok = c == 10
+                }
+                guard ok else { return "malformed request line" }
+                if c == 10 { part = .done }
+                length += 1
+            case .done:
+                break
+            }
         }
         return nil
     }

@@ -276,7 +276,11 @@ public final class HTTPServer: @unchecked Sendable {
 
     /// Stops accepting, closes idle connections, lets in-flight responses finish for up to `timeout` seconds,
     /// then closes whatever is left. Blocks the caller until done.
-    public func shutdown(timeout: Double) {
+    ///
+    /// `onTimeout` runs when responses are still going after `timeout`: it may end them cleanly (an API layer
+    /// writes a final error event and ends each stream), and gets up to `grace` more seconds for those bytes
+    /// to reach the clients before the connections are closed.
+    public func shutdown(timeout: Double, onTimeout: (() -> Void)? = nil, grace: Double = 2) {
         lock.lock()
         if stopped || !started { stopped = true; lock.unlock(); return }
         stopped = true
@@ -291,6 +295,12 @@ public final class HTTPServer: @unchecked Sendable {
         for c in core.snapshot() { c.closeIfIdle() }
         let deadline = httpMonotonicSeconds() + timeout
         while core.count > 0 && httpMonotonicSeconds() < deadline { usleep(5_000) }
+        if core.count > 0, let onTimeout {
+            log("shutdown: ending \(core.count) connection(s) still busy after \(timeout) s")
+            onTimeout()
+            let graceDeadline = httpMonotonicSeconds() + grace
+            while core.count > 0 && httpMonotonicSeconds() < graceDeadline { usleep(5_000) }
+        }
         let left = core.snapshot()
         if !left.isEmpty { log("shutdown: closing \(left.count) connection(s) still busy after \(timeout) s") }
         for c in left { c.forceClose() }
