@@ -347,3 +347,111 @@ final class EngineLifecycleTests: XCTestCase {
         XCTAssertEqual(threads(named: "tern-worker"), workers0)
     }
 }
+
+/// Shared prompts: computed once when many requests arrive together, read once per step by RelayAttention, and the
+/// results equal attention without relay.
+final class SharedPromptTests: XCTestCase {
+    func fixtureModel() throws -> LoadedModel { try LoadedModel(path: TestPaths.fixture("llama/llama-f32.gguf")) }
+
+    func runAlone(_ e: Engine, _ r: EngineRequest) throws -> [Int32]? {
+        let c = EventCollector()
+        _ = try e.submit(r) { c.handle($0) }
+        XCTAssertTrue(c.wait())
+        return c.tokens[0]
+    }
+
+    func makeEngine(_ m: LoadedModel, relay: Bool) throws -> Engine {
+        var c = EngineConfiguration(threads: 2, contextLength: 256, kvCacheBytes: 64 << 20)
+        c.blockSize = 4
+        c.kvStorage = .f32
+        c.maxBatchTokens = 64
+        c.relay = relay
+        let e = try Engine(loaded: m, configuration: c)
+        e.start()
+        return e
+    }
+
+    /// Logits of two forks decoding different tokens after a shared 48-token prefix: relay on equals relay off.
+    func testRelayLogitsEqualPlainAttention() throws {
+        let m = try fixtureModel()
+        let llama = try XCTUnwrap(m.llama)
+        let prefix: [Int32] = (0..<48).map { Int32(($0 * 11 + 3) % 300) }
+        var results: [[Float]] = []
+        for relay in [false, true] {
+            let pool = try KVBlockPool(layers: llama.config.layerCount, rowWidth: llama.kvDim, blockSize: 4, storage: .f32, bytes: 4 << 20)
+            let ws = m.model.makeWorkspace(maxTokens: 64, maxContext: 128, pool: WorkerPool(threads: 2))
+            ws.relayEnabled = relay
+            let a = PagedKVMemory(pool: pool, capacity: 128)
+            _ = try m.model.forward(tokens: prefix, memory: a, workspace: ws, logitRows: 0..<0)
+            let forks = [a, a.fork(), a.fork()]
+            // Two more steps: the forks' own blocks grow apart after the shared prefix.
+            var logits: [Float] = []
+            for step in 0..<2 {
+                let items = forks.enumerated().map { ForwardItem(tokens: [Int32(5 + $0.offset * 7 + step)], memory: $0.element, logitRows: 0..<1) }
+                let p = try m.model.forward(items, workspace: ws)
+                logits += Array(UnsafeBufferPointer(start: p, count: 3 * m.model.vocabularySize))
+                XCTAssertEqual(ws.attentionStats.relayGroups, relay ? 1 : 0)
+                if relay { XCTAssertEqual(ws.attentionStats.relayPrefixTokensRead, 48) }
+            }
+            results.append(logits)
+        }
+        let scale = results[0].map(abs).max()!
+        let err = zip(results[0], results[1]).map { abs($0 - $1) }.max()!
+        XCTAssertLessThan(err / scale, 1e-5, "relay changes the logits by \(err / scale) of their scale")
+    }
+
+    /// Eight requests with the same long system prompt, submitted together: one computes it, seven attach to its
+    /// blocks; outputs equal the relay-off engine's and each request alone.
+    func testSharedPromptComputedOnceAndRelayedExactly() throws {
+        let m = try fixtureModel()
+        let system: [Int32] = (0..<120).map { Int32(($0 * 13 + 1) % 300) }
+        var requests: [EngineRequest] = []
+        for i in 0..<8 {
+            let tail: [Int32] = [Int32(10 + i), Int32(20 + i), Int32(30 + i)]
+            requests.append(EngineRequest(promptTokens: system + tail, maxTokens: 10, ignoreEOS: true))
+        }
+        var outputs: [[[Int32]]] = []
+        for relay in [true, false] {
+            let e = try makeEngine(m, relay: relay)
+            defer { e.stop() }
+            let collectors = requests.map { _ in EventCollector() }
+            for (r, c) in zip(requests, collectors) { _ = try e.submit(r) { c.handle($0) } }
+            for c in collectors { XCTAssertTrue(c.wait()) }
+            let cached = collectors.map { (c: EventCollector) in c.cached }
+            XCTAssertEqual(cached.filter { $0 == 120 }.count, 7, "cached prompt tokens per request: \(cached)")
+            let metrics = e.metrics()
+            if relay {
+                XCTAssertGreaterThan(metrics.relayPrefixTokensRead, 0)
+                XCTAssertGreaterThan(metrics.relayPrefixTokensPerSequence, 2 * metrics.relayPrefixTokensRead)
+            } else {
+                XCTAssertEqual(metrics.relayPrefixTokensRead, 0)
+            }
+            outputs.append(collectors.map { $0.tokens[0]! })
+            XCTAssertTrue(e.waitUntilIdle(timeout: 10))
+            XCTAssertNil(e.pool.checkInvariants())
+        }
+        XCTAssertEqual(outputs[0], outputs[1])
+        let alone = try makeEngine(m, relay: false)
+        defer { alone.stop() }
+        XCTAssertEqual(outputs[0][5], try runAlone(alone, requests[5]))
+    }
+
+    /// The request computing a shared prompt is cancelled while another waits for its blocks: the waiter computes
+    /// the prompt itself and answers as if alone.
+    func testWaiterProceedsWhenOwnerIsCancelled() throws {
+        let m = try fixtureModel()
+        let e = try makeEngine(m, relay: true)
+        defer { e.stop() }
+        let system: [Int32] = (0..<200).map { Int32(($0 * 17 + 5) % 300) }
+        let owner = EventCollector(), waiter = EventCollector()
+        let ticket = try e.submit(EngineRequest(promptTokens: system + [1, 2], maxTokens: 50, ignoreEOS: true)) { owner.handle($0) }
+        _ = try e.submit(EngineRequest(promptTokens: system + [3, 4], maxTokens: 6, ignoreEOS: true)) { waiter.handle($0) }
+        ticket.cancel()
+        XCTAssertTrue(waiter.wait())
+        let alone = try makeEngine(m, relay: false)
+        defer { alone.stop() }
+        XCTAssertEqual(waiter.tokens[0], try runAlone(alone, EngineRequest(promptTokens: system + [3, 4], maxTokens: 6, ignoreEOS: true)))
+        XCTAssertTrue(e.waitUntilIdle(timeout: 10))
+        XCTAssertEqual(e.pool.availableBlocks, e.pool.blockCount)
+    }
+}

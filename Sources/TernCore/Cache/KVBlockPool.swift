@@ -175,6 +175,9 @@ public final class KVBlockPool {
         return b
     }
 
+    /// Whether a block with this content hash (first cache group) is in the prefix cache.
+    func isCached(hash: UInt64) -> Bool { blockByHash[hash] != nil }
+
     /// Finds a cached block by hash without taking a reference.
     func peek(hash: UInt64) -> Int32? { blockByHash[hash] }
 

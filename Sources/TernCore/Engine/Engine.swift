@@ -55,6 +55,7 @@ public final class Engine: @unchecked Sendable {
         }
         workspace = loaded.model.makeWorkspace(maxTokens: configuration.maxBatchTokens, maxContext: configuration.contextLength,
                                                pool: WorkerPool(threads: configuration.threads))
+        workspace.relayEnabled = configuration.relay && loaded.llama != nil
         let pool = kvPool, layout = loaded.llama?.cacheLayout, model = loaded.model, context = configuration.contextLength
         scheduler = Scheduler(limits: .init(maxBatchTokens: configuration.maxBatchTokens, maxRunning: configuration.maxRunning,
                                             prefixCaching: configuration.prefixCaching),
@@ -249,6 +250,10 @@ public final class Engine: @unchecked Sendable {
             return
         }
         scheduler.didCompute(plan)
+        let attention = workspace.attentionStats
+        local.relayGroups = attention.relayGroups
+        local.relayPrefixTokensRead += attention.relayPrefixTokensRead
+        local.relayPrefixTokensPerSequence += attention.relayPrefixTokensPerSequence
         local.steps += 1
         local.batchSize.observe(Double(plan.chunks.count))
 

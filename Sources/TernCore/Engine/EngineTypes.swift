@@ -17,6 +17,8 @@ public struct EngineConfiguration: Sendable {
     /// Requests waiting to start at most; beyond, submit fails with `.queueFull`.
     public var maxQueue: Int = 256
     public var prefixCaching: Bool = true
+    /// RelayAttention for decoding sequences that share prefix blocks.
+    public var relay: Bool = true
 
     public init(threads: Int, contextLength: Int, kvCacheBytes: Int) {
         self.threads = threads
@@ -114,6 +116,12 @@ public struct EngineMetrics: Sendable {
     public var prefixCacheHits = 0
     public var preemptions = 0
     public var steps = 0
+    /// Relay groups in the last step.
+    public var relayGroups = 0
+    /// Shared-prefix positions the relay passes read (once per group and step)…
+    public var relayPrefixTokensRead = 0
+    /// …and what the members would have read on their own.
+    public var relayPrefixTokensPerSequence = 0
     public var timeToFirstToken = Histogram(bounds: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30])
     public var interTokenLatency = Histogram(bounds: [0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28])
     public var requestLatency = Histogram(bounds: [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120])

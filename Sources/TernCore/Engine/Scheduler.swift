@@ -94,7 +94,17 @@ final class Scheduler {
             guard admit(s, budget: &budget, out: &out) else { break }
             preempted.removeFirst()
         }
+        // 4. New requests, in order — except one whose next uncached prompt block another sequence is computing
+        // right now: it waits for those blocks to be published and then attaches them instead of computing them
+        // again (the first of many requests with the same long system prompt computes it once for all).
+        let inFlight = waiting.isEmpty ? [] : inFlightPromptBlocks()
+        var deferred: [RequestState] = []
         while budget > 0, running.count < limits.maxRunning, let r = waiting.first {
+            if limits.prefixCaching && !r.request.promptLogprobs && !inFlight.isEmpty && waitsForInFlight(r, inFlight) {
+                waiting.removeFirst()
+                deferred.append(r)
+                continue
+            }
             let s = SequenceState(request: r, choice: 0, memory: makeMemory(), tokenizer: tokenizer)
             if limits.prefixCaching && !r.request.promptLogprobs, let paged = s.paged {
                 // Keep at least one prompt token to compute: its logits start the generation.
@@ -110,6 +120,7 @@ final class Scheduler {
             r.sequences = [s]
             out.admitted.append(r)
         }
+        for r in deferred.reversed() { waiting.prepend(r) }
         if out.chunks.isEmpty && running.allSatisfy({ $0.finished }) {
             if let s = preempted.first {
                 // Cannot come back even into an empty pool (it grew past the KV store): it ends here.
@@ -122,6 +133,31 @@ final class Scheduler {
             }
         }
         return out
+    }
+
+    /// Hashes of the prompt blocks that prefilling sequences have still to compute (they are published as
+    /// soon as they are full and computed).
+    private func inFlightPromptBlocks() -> Set<UInt64> {
+        guard let pool, limits.prefixCaching else { return [] }
+        var set = Set<UInt64>()
+        for s in running where !s.finished && !s.promptDone && s.paged != nil {
+            let hashes = s.request.promptBlockHashes(blockSize: pool.blockSize)
+            let from = s.computed / pool.blockSize
+            if from < hashes.count { set.formUnion(hashes[from...]) }
+        }
+        return set
+    }
+
+    /// Whether the first prompt block of `r` that is not cached yet is being computed by another sequence.
+    private func waitsForInFlight(_ r: RequestState, _ inFlight: Set<UInt64>) -> Bool {
+        guard let pool else { return false }
+        let hashes = r.request.promptTokens.count > pool.blockSize ? r.promptBlockHashes(blockSize: pool.blockSize) : []
+        // Only blocks before the last prompt token can be taken from the cache.
+        let usable = (r.request.promptTokens.count - 1) / pool.blockSize
+        for i in 0..<min(usable, hashes.count) where !pool.isCached(hash: hashes[i]) {
+            return inFlight.contains(hashes[i])
+        }
+        return false
     }
 
     /// Puts a new or preempted sequence into the step with its first prefill chunk, if blocks allow.

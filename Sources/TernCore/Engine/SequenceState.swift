@@ -17,6 +17,21 @@ final class RequestState {
     var startedAt: Date?
     /// Ended (finished, cancelled or failed): later events are not sent.
     var done = false
+    private var blockHashes: [UInt64]?
+
+    /// The prefix-cache hashes of the prompt's full blocks (computed once).
+    func promptBlockHashes(blockSize bs: Int) -> [UInt64] {
+        if let h = blockHashes { return h }
+        var out: [UInt64] = []
+        let prompt = request.promptTokens
+        var parent: UInt64 = 0
+        for i in 0..<(prompt.count / bs) {
+            parent = KVBlockPool.blockHash(parent: parent, tokens: prompt[(i * bs)..<((i + 1) * bs)])
+            out.append(parent)
+        }
+        blockHashes = out
+        return out
+    }
 
     init(id: Int, request: EngineRequest, onEvent: @escaping Engine.EventHandler) {
         self.id = id

@@ -69,7 +69,7 @@ public final class TextGenerator {
         guard req.promptTokens.count < contextLength else {
             throw GenerationError.promptTooLong(req.promptTokens.count, context: contextLength)
         }
-        let mailbox = EventMailbox()
+        let mailbox = GenerationMailbox()
         let t0 = Date()
         let ticket = try engine.submit(req) { mailbox.post($0) }
         var text = ""
@@ -114,7 +114,7 @@ public final class TextGenerator {
 }
 
 /// Engine events for a caller's thread: the engine thread posts, the caller takes them in order.
-final class EventMailbox: @unchecked Sendable {
+final class GenerationMailbox: @unchecked Sendable {
     // `events` is guarded by `condition`.
     private let condition = NSCondition()
     private var events: [EngineEvent] = []

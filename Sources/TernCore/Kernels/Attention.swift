@@ -8,6 +8,11 @@
 // across threads (flash-decoding) and the parts are merged by their log-sum-exp. Tasks go to threads round-robin
 // so the causal triangle's long rows spread evenly.
 //
+// RelayAttention (arXiv 2402.14808): decoding sequences whose block tables start with the same physical blocks (a
+// shared system prompt) form a relay group. Per KV head, one pass of the tiled kernel computes the attention of
+// every member's queries over the shared prefix — the prefix KV is read once per step, not once per sequence —
+// and one pass per member covers its own positions; the two partial results merge exactly by log-sum-exp.
+//
 // Score sinks need each position's final weight, which online softmax only knows at the end: when a sink is
 // attached, that item's rows go through tern_attn_rows (two passes), which adds the weights as it goes.
 
@@ -24,6 +29,30 @@ struct AttentionTask {
     var keyHigh: Int
     /// Index of the partial-result slot of a split task, or -1.
     var part: Int
+    /// The relay group this task belongs to, or -1.
+    var relay: Int = -1
+    /// A relay group's shared-prefix pass over members [row0, row0 + rows) of its gathered order.
+    var shared = false
+}
+
+/// Decoding sequences that share their first `prefix` positions in the same physical blocks.
+struct RelayGroup {
+    /// Each member's batch row, and its item.
+    var rows: [Int]
+    var items: [Int]
+    var prefix: Int
+    /// Where the group's members start in the gathered query order.
+    var gathered: Int
+}
+
+/// What the attention of the last forward pass did (for metrics).
+public struct AttentionStats: Sendable {
+    public var relayGroups = 0
+    /// Prefix positions the relay passes read (once per group).
+    public var relayPrefixTokensRead = 0
+    /// Prefix positions the members would have read on their own.
+    public var relayPrefixTokensPerSequence = 0
+    public init() {}
 }
 
 /// Tasks of one forward pass, reused across passes.
@@ -31,15 +60,43 @@ struct AttentionPlan {
     var tasks: [AttentionTask] = []
     /// Split tasks' families: (first task index, part count).
     var families: [(first: Int, count: Int)] = []
+    var relayGroups: [RelayGroup] = []
+    var stats = AttentionStats()
     static let rowTile = 16
+    /// Shortest shared prefix worth a relay pass.
+    static let relayMinimumPrefix = 32
 
     /// Plans the tasks of a batch whose items' rows are contiguous (`lastRowOfItem` ascending).
-    mutating func plan(items: Int, lastRowOfItem: [Int], rowPosition: [Int], kvHeads: Int, threads: Int, maxParts: Int) {
+    mutating func plan(items: Int, lastRowOfItem: [Int], rowPosition: [Int], kvHeads: Int, threads: Int, maxParts: Int,
+                       memories: [KVMemory], sinks: [AttentionScoreSink?], relay: Bool) {
         tasks.removeAll(keepingCapacity: true)
         families.removeAll(keepingCapacity: true)
+        relayGroups.removeAll(keepingCapacity: true)
+        stats = AttentionStats()
+        var relayOf = [Int](repeating: -1, count: items)
+        if relay && items >= 2 { findRelayGroups(items: items, lastRowOfItem: lastRowOfItem, rowPosition: rowPosition,
+                                                 memories: memories, sinks: sinks, relayOf: &relayOf) }
+        for (g, group) in relayGroups.enumerated() {
+            var k = 0
+            while k < group.rows.count {
+                let n = min(Self.rowTile, group.rows.count - k)
+                for h in 0..<kvHeads {
+                    tasks.append(AttentionTask(item: group.items[k], kvHead: h, row0: group.gathered + k, rows: n, keyLow: 0,
+                                               keyHigh: group.prefix, part: -1, relay: g, shared: true))
+                }
+                k += n
+            }
+            for (r, item) in zip(group.rows, group.items) {
+                for h in 0..<kvHeads {
+                    tasks.append(AttentionTask(item: item, kvHead: h, row0: r, rows: 1, keyLow: group.prefix,
+                                               keyHigh: rowPosition[r] + 1, part: -1, relay: g))
+                }
+            }
+        }
         var row0 = 0
         for item in 0..<items {
             let end = lastRowOfItem[item] + 1
+            if relayOf[item] >= 0 { row0 = end; continue }
             var r = row0
             while r < end {
                 let n = min(Self.rowTile, end - r)
@@ -53,7 +110,7 @@ struct AttentionPlan {
         }
         // Flash-decoding: few tasks over a long context leave threads idle; split each task's keys.
         let longest = tasks.map { $0.keyHigh }.max() ?? 0
-        guard threads > 1, tasks.count < 2 * threads, longest >= 512 else { return }
+        guard relayGroups.isEmpty, threads > 1, tasks.count < 2 * threads, longest >= 512 else { return }
         let parts = threads * ((2 + tasks.count - 1) / tasks.count)
         guard tasks.count * parts <= maxParts else { return }
         let whole = tasks
@@ -73,6 +130,47 @@ struct AttentionPlan {
     }
 }
 
+extension AttentionPlan {
+    /// Groups decoding items (one row, no sink, paged memory with a single cache group) by their first physical
+    /// block, and keeps groups of two or more whose common prefix is long enough.
+    private mutating func findRelayGroups(items: Int, lastRowOfItem: [Int], rowPosition: [Int], memories: [KVMemory],
+                                          sinks: [AttentionScoreSink?], relayOf: inout [Int]) {
+        var byFirstBlock: [Int32: [Int]] = [:]
+        var row0 = 0
+        for item in 0..<items {
+            let end = lastRowOfItem[item] + 1
+            defer { row0 = end }
+            guard end - row0 == 1, sinks[item] == nil, let paged = memories[item] as? PagedKVMemory,
+                  paged.tables.count == 1, let first = paged.tables[0].blocks.first, first != KVBlockPool.nullBlock else { continue }
+            byFirstBlock[first, default: []].append(item)
+        }
+        var gathered = 0
+        for (_, members) in byFirstBlock where members.count >= 2 {
+            let lead = (memories[members[0]] as! PagedKVMemory).tables[0].blocks
+            var common = lead.count
+            var lowest = Int.max
+            for item in members {
+                let b = (memories[item] as! PagedKVMemory).tables[0].blocks
+                var k = 0
+                while k < min(common, b.count) && b[k] == lead[k] { k += 1 }
+                common = k
+                lowest = min(lowest, rowPosition[lastRowOfItem[item]])
+            }
+            let bs = (memories[members[0]] as! PagedKVMemory).blockSize
+            // Every member must see the whole prefix: it lies before each member's own query position.
+            let prefix = min(common * bs, lowest)
+            guard prefix >= Self.relayMinimumPrefix else { continue }
+            let g = relayGroups.count
+            for item in members { relayOf[item] = g }
+            relayGroups.append(RelayGroup(rows: members.map { lastRowOfItem[$0] }, items: members, prefix: prefix, gathered: gathered))
+            gathered += members.count
+            stats.relayGroups += 1
+            stats.relayPrefixTokensRead += prefix
+            stats.relayPrefixTokensPerSequence += prefix * members.count
+        }
+    }
+}
+
 enum Attention {
     static func causal(queries q: UnsafePointer<Float>, rows m: Int, layer: Int, metadata: AttentionMetadata,
                        memories: [KVMemory], headCount: Int, kvHeadCount: Int, headDim hd: Int,
@@ -85,6 +183,11 @@ enum Attention {
         let threads = ws.pool.threadCount
         let tasks = ws.attentionPlan.tasks
         let partStride = AttentionPlan.rowTile * group * hd
+        let relayGroups = ws.attentionPlan.relayGroups
+        // Relay groups' queries, gathered member by member so a shared pass reads them with one row stride.
+        for g in relayGroups {
+            for (k, r) in g.rows.enumerated() { (ws.relayQ + (g.gathered + k) * qDim).update(from: q + r * qDim, count: qDim) }
+        }
         metadata.segments.withUnsafeBufferPointer { segments in
             let segs = segments.baseAddress
             ws.pool.run { tid in
@@ -105,6 +208,13 @@ enum Attention {
                                      layer: layer, memory: memory, metadata: metadata, out: out, ws: ws, tid: tid, lse: lse)
                         continue
                     }
+                    if task.relay >= 0 {
+                        relayTask(task, relayGroups[task.relay], q: q, qDim: qDim, group: group, hd: hd, scale: scale,
+                                  kvType: kvType, sliceOffset: sliceOffset, rowBytes: rowBytes, segs: segs, range: range,
+                                  layerOffset: memory.layerOffset(layer), headCount: headCount, out: out, ws: ws,
+                                  work: work, lse: lse)
+                        continue
+                    }
                     let toPart = task.part >= 0
                     let o = toPart ? ws.partials + task.part * partStride : out + task.row0 * qDim + task.kvHead * group * hd
                     tern_attn_tiled(kvType, Int64(hd), scale, qBase, Int64(task.rows), Int64(group), qDim,
@@ -112,6 +222,15 @@ enum Attention {
                                     Int64(range.count), memory.layerOffset(layer), rowBytes, sliceOffset,
                                     Int64(task.keyLow), Int64(task.keyHigh), work, o, toPart ? group * hd : qDim,
                                     toPart ? ws.partialLse + task.part * AttentionPlan.rowTile * group : lse)
+                }
+            }
+        }
+        // Merge each relay member's own attention with the shared prefix's.
+        for g in relayGroups {
+            for (k, r) in g.rows.enumerated() {
+                for h in 0..<headCount {
+                    tern_attn_merge(Int64(hd), out + r * qDim + h * hd, ws.relayLseOwn + r * headCount + h,
+                                    ws.relayShared + (g.gathered + k) * qDim + h * hd, ws.relayLseShared[(g.gathered + k) * headCount + h])
                 }
             }
         }
@@ -130,6 +249,31 @@ enum Attention {
             for r in 0..<first.rows {
                 (out + (first.row0 + r) * qDim + first.kvHead * group * hd).update(from: o0 + r * group * hd, count: group * hd)
             }
+        }
+    }
+
+    /// One pass of a relay group: the shared prefix for a tile of members (keys [0, prefix)), or one member's own
+    /// positions (keys [prefix, position]); each keeps its log-sum-exp for the merge.
+    private static func relayTask(_ task: AttentionTask, _ g: RelayGroup, q: UnsafePointer<Float>, qDim: Int, group: Int,
+                                  hd: Int, scale: Float, kvType: Int32, sliceOffset: Int, rowBytes: Int,
+                                  segs: UnsafePointer<tern_kv_segment>?, range: Range<Int>, layerOffset: Int,
+                                  headCount: Int, out: UnsafeMutablePointer<Float>, ws: LlamaWorkspace,
+                                  work: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>) {
+        let head0 = task.kvHead * group
+        if task.shared {
+            // No causal limit inside the prefix: every member's position lies after it.
+            tern_attn_tiled(kvType, Int64(hd), scale, ws.relayQ + task.row0 * qDim + head0 * hd, Int64(task.rows), Int64(group),
+                            qDim, 1 << 40, 0, segs.map { $0 + range.lowerBound }, Int64(range.count), layerOffset, rowBytes,
+                            sliceOffset, 0, Int64(task.keyHigh), work, ws.relayShared + task.row0 * qDim + head0 * hd, qDim, lse)
+            for r in 0..<task.rows {
+                (ws.relayLseShared + (task.row0 + r) * headCount + head0).update(from: lse + r * group, count: group)
+            }
+        } else {
+            tern_attn_tiled(kvType, Int64(hd), scale, q + task.row0 * qDim + head0 * hd, 1, Int64(group), qDim,
+                            Int64(ws.rowPosition[task.row0]), 0, segs.map { $0 + range.lowerBound }, Int64(range.count),
+                            layerOffset, rowBytes, sliceOffset, Int64(task.keyLow), Int64(task.keyHigh), work,
+                            out + task.row0 * qDim + head0 * hd, qDim, lse)
+            (ws.relayLseOwn + task.row0 * headCount + head0).update(from: lse, count: group)
         }
     }
 

@@ -41,6 +41,10 @@ public protocol ModelWorkspace: AnyObject {
     /// Most tokens (summed over the batch) one forward pass may carry.
     var maxTokens: Int { get }
     var pool: WorkerPool { get }
+    /// Whether decoding sequences that share prefix blocks read that prefix once (RelayAttention).
+    var relayEnabled: Bool { get set }
+    /// What the attention of the last forward pass did.
+    var attentionStats: AttentionStats { get }
 }
 
 public protocol LanguageModel: AnyObject, Sendable {

@@ -29,6 +29,11 @@ public final class LlamaWorkspace: ModelWorkspace {
     let partialLse: UnsafeMutablePointer<Float>
     let maxParts: Int
     var attentionPlan = AttentionPlan()
+    /// RelayAttention buffers: gathered queries, shared-prefix outputs, and both passes' log-sum-exps.
+    let relayQ, relayShared, relayLseShared, relayLseOwn: UnsafeMutablePointer<Float>
+    /// Whether decoding sequences that share prefix blocks go through RelayAttention.
+    public var relayEnabled = true
+    public var attentionStats: AttentionStats { attentionPlan.stats }
     /// What each row may read this pass (rebuilt by every forward pass, buffers reused).
     var attentionMetadata: AttentionMetadata
     /// For each batch item, its last row.
@@ -70,6 +75,10 @@ public final class LlamaWorkspace: ModelWorkspace {
         maxParts = 16 * pool.threadCount
         partials = buffer(maxParts * AttentionPlan.rowTile * group * c.headDim)
         partialLse = buffer(maxParts * AttentionPlan.rowTile * group)
+        relayQ = buffer(t * model.qDim)
+        relayShared = buffer(t * model.qDim)
+        relayLseShared = buffer(t * c.headCount)
+        relayLseOwn = buffer(t * c.headCount)
         attentionMetadata = AttentionMetadata(layout: model.cacheLayout)
         self.scratch = scratch
         quantized = QuantizedActivations(maxRows: t, maxColumns: max(c.embeddingLength, c.feedForwardLength, model.qDim))

@@ -68,6 +68,10 @@ public final class MambaState: SequenceMemory {
 }
 
 public final class MambaWorkspace: ModelWorkspace {
+    /// Recurrent models have no attention: nothing to relay.
+    public var relayEnabled = false
+    public var attentionStats: AttentionStats { AttentionStats() }
+
     public let maxTokens: Int
     public let pool: WorkerPool
     let config: MambaConfig
