@@ -50,13 +50,46 @@ final class SchedulerTests: XCTestCase {
         complete(s, out)
         s.enqueue(request(2, prompt: 10))
         out = s.schedule()
-        // The rest of request 1's prompt (36, sampled), then request 2 in what is left.
-        XCTAssertEqual(out.chunks.map(\.count), [36, 10])
+        // With a request waiting, request 1's prefill takes at most half of the step's cost (about 31 tokens at
+        // position 64), and request 2 starts in the same step.
+        XCTAssertEqual(out.chunks.count, 2)
+        XCTAssertEqual(out.chunks[0].count, Scheduler.tokens(from: 64, within: 32))
+        XCTAssertEqual(out.chunks[1].count, 10)
+        XCTAssertEqual(out.chunks.map(\.sample), [false, true])
+        complete(s, out)
+        out = s.schedule()
+        // Request 2 decodes; request 1 finishes its prompt (nobody waits: the decode is cheap, so it all fits).
+        XCTAssertEqual(out.chunks.map(\.count), [1, 100 - 64 - Scheduler.tokens(from: 64, within: 32)])
         XCTAssertEqual(out.chunks.map(\.sample), [true, true])
         complete(s, out)
         out = s.schedule()
         XCTAssertEqual(out.chunks.map(\.count), [1, 1])
-        XCTAssertEqual(out.chunks.map(\.start), [100, 10])
+        XCTAssertEqual(Set(out.chunks.map(\.start)), [100, 11])
+    }
+
+    func testCostEstimateAndTimeBudgetCapLongPrefills() throws {
+        // A token at position 2048 costs twice one at position 0; the inverse agrees with the estimate.
+        XCTAssertEqual(Scheduler.cost(start: 2048, count: 1), 2, accuracy: 1e-9)
+        for start in [0, 100, 3000] {
+            let n = Scheduler.tokens(from: start, within: 300)
+            XCTAssertLessThanOrEqual(Scheduler.cost(start: start, count: n), 300)
+            XCTAssertGreaterThan(Scheduler.cost(start: start, count: n + 1), 300)
+        }
+        // A stream decodes while a 4000-token prompt prefills: once the step speed is known, the prompt goes in
+        // chunks that fit the target step time, and a short request still starts at once.
+        let (s, _) = try makeScheduler(blocks: 2000, budget: 512)
+        s.enqueue(request(1, prompt: 20))
+        complete(s, s.schedule())
+        s.enqueue(request(2, prompt: 4000))
+        s.observe(seconds: 0.5, cost: 500)   // 1 ms per cost unit: a 0.2 s step holds 200 units
+        var out = s.schedule()
+        XCTAssertEqual(out.chunks.map(\.count), [1, Scheduler.tokens(from: 0, within: 199)])
+        complete(s, out)
+        s.enqueue(request(3, prompt: 8))
+        out = s.schedule()
+        XCTAssertEqual(out.chunks.count, 3)
+        XCTAssertEqual(out.chunks.last?.count, 8, "the short request starts in the same step")
+        XCTAssertLessThanOrEqual(out.cost, 200 + Double(Scheduler.minimumChunk))
     }
 
     func testYoungestIsPreemptedWhenBlocksRunOut() throws {

@@ -4,6 +4,13 @@
 // then preempted sequences coming back, then new requests. When KV blocks run out the youngest sequence is
 // preempted (its blocks freed; recomputed later). The output is a value the model runner consumes.
 //
+// Tokens are not all equal: a token's attention grows with its position, so a prefill chunk deep in a long prompt
+// costs several times one near the start. Each step also has a cost budget — tokens weighted by
+// 1 + position / attentionEquivalentPosition — and, while others are waiting on it (decoding streams, queued
+// requests), that budget shrinks to what the last steps' measured speed fits into the target step time. So one
+// long uncached prompt is computed in smaller chunks instead of stalling running streams, and it leaves room in
+// every step for short new requests.
+//
 // Engine-thread only. Every pass over the running set is linear: the running set is kept in admission order, so
 // the youngest is at its end, and finished sequences are compacted out once per step.
 
@@ -28,6 +35,8 @@ struct SchedulerOutput {
     /// A waiting request whose prompt cannot fit even into an empty KV store.
     var rejected: [RequestState] = []
     var preemptions = 0
+    /// Estimated cost of the step's chunks (Scheduler.cost).
+    var cost = 0.0
     var tokenCount: Int { chunks.reduce(0) { $0 + $1.count } }
 }
 
@@ -36,6 +45,37 @@ final class Scheduler {
         var maxBatchTokens: Int
         var maxRunning: Int
         var prefixCaching: Bool
+        /// Longest a step should take while streams decode or requests wait (seconds).
+        var targetStepSeconds: Double = 0.2
+    }
+
+    /// The position at which a token's attention costs about as much as the rest of its forward pass (SmolLM2-sized
+    /// models on 2 cores; only the shape of the estimate matters, the speed is measured).
+    static let attentionEquivalentPosition = 2048.0
+    /// Smallest prefill chunk a cost budget cuts a prompt into.
+    static let minimumChunk = 16
+
+    /// Estimated cost of computing positions [start, start + n) in units of one position-0 token.
+    static func cost(start: Int, count n: Int) -> Double {
+        Double(n) * (1 + (Double(start) + Double(n - 1) / 2) / attentionEquivalentPosition)
+    }
+
+    /// Most tokens from position `start` whose cost fits in `budget`.
+    static func tokens(from start: Int, within budget: Double) -> Int {
+        let c = attentionEquivalentPosition
+        let a = 1 / (2 * c), b = 1 + (Double(start) - 0.5) / c
+        let n = (-b + (b * b + 4 * a * max(0, budget)).squareRoot()) / (2 * a)
+        return max(0, Int(n.rounded(.down)))
+    }
+
+    /// Seconds per cost unit, a moving average over recent steps (nil until measured).
+    private(set) var secondsPerCost: Double?
+
+    /// Records how long a step of `cost` units took.
+    func observe(seconds: Double, cost: Double) {
+        guard cost >= 8, seconds > 0 else { return }
+        let v = seconds / cost
+        secondsPerCost = secondsPerCost.map { 0.7 * $0 + 0.3 * v } ?? v
     }
 
     let limits: Limits
@@ -80,18 +120,29 @@ final class Scheduler {
             guard n > 0, n <= budget else { continue }
             guard ensureRoom(for: s, tokens: n, out: &out) else { continue }
             out.chunks.append(ScheduledChunk(sequence: s, start: s.computed, count: n, sample: true))
+            out.cost += Self.cost(start: s.computed, count: n)
             budget -= n
         }
-        // 2. Chunks of prefills under way.
+        // The cost budget: everything, unless someone is waiting on this step.
+        var costBudget = Double(limits.maxBatchTokens)
+        let othersWait = !out.chunks.isEmpty || !waiting.isEmpty
+        if othersWait, let spc = secondsPerCost {
+            costBudget = min(costBudget, max(out.cost + Double(Self.minimumChunk), limits.targetStepSeconds / spc))
+        }
+        // 2. Chunks of prefills under way; while requests wait, one prefill takes at most half of what is left.
         for s in running where !s.finished && !s.promptDone && budget > 0 {
-            let n = min(budget, s.pending)
-            guard n > 0, s.reserve(n) else { continue }
+            var room = costBudget - out.cost
+            if !waiting.isEmpty { room /= 2 }
+            let fit = max(Self.minimumChunk, Self.tokens(from: s.computed, within: room))
+            let n = min(budget, s.pending, fit)
+            guard n > 0, out.cost < costBudget, s.reserve(n) else { continue }
             out.chunks.append(ScheduledChunk(sequence: s, start: s.computed, count: n, sample: n == s.pending))
+            out.cost += Self.cost(start: s.computed, count: n)
             budget -= n
         }
         // 3. Preempted sequences come back before new requests start.
         while budget > 0, running.count < limits.maxRunning, let s = preempted.first {
-            guard admit(s, budget: &budget, out: &out) else { break }
+            guard admit(s, budget: &budget, costBudget: costBudget, out: &out) else { break }
             preempted.removeFirst()
         }
         // 4. New requests, in order — except one whose next uncached prompt block another sequence is computing
@@ -112,7 +163,7 @@ final class Scheduler {
                 s.computed = cached
                 r.cachedTokens = cached
             }
-            guard admit(s, budget: &budget, out: &out) else {
+            guard admit(s, budget: &budget, costBudget: costBudget, out: &out) else {
                 s.release()
                 break
             }
@@ -161,15 +212,19 @@ final class Scheduler {
     }
 
     /// Puts a new or preempted sequence into the step with its first prefill chunk, if blocks allow.
-    private func admit(_ s: SequenceState, budget: inout Int, out: inout SchedulerOutput) -> Bool {
+    private func admit(_ s: SequenceState, budget: inout Int, costBudget: Double, out: inout SchedulerOutput) -> Bool {
+        // Something always runs; past that, the cost budget decides.
+        guard out.chunks.isEmpty || out.cost < costBudget else { return false }
         // Admit only when the whole remaining prompt fits in free blocks, so admission cannot thrash.
         if let paged = s.paged, let pool {
             guard paged.blocksNeeded(for: s.pending + 1) <= pool.availableBlocks else { return false }
         }
-        let n = min(budget, s.pending)
+        let fit = out.chunks.isEmpty ? budget : max(Self.minimumChunk, Self.tokens(from: s.computed, within: costBudget - out.cost))
+        let n = min(budget, s.pending, fit)
         guard s.reserve(n) else { return false }
         addRunning(s)
         out.chunks.append(ScheduledChunk(sequence: s, start: s.computed, count: n, sample: n == s.pending))
+        out.cost += Self.cost(start: s.computed, count: n)
         budget -= n
         return true
     }
