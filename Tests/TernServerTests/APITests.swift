@@ -376,7 +376,8 @@ final class APITests: XCTestCase {
         XCTAssertEqual(m.status, 200)
         for name in ["tern_requests_running", "tern_requests_waiting", "tern_prompt_tokens_total", "tern_generation_tokens_total",
                      "tern_time_to_first_token_seconds_bucket", "tern_inter_token_latency_seconds_count", "tern_kv_cache_usage_ratio",
-                     "tern_prefix_cache_hit_rate", "tern_kv_cache_blocks_total", "tern_preemptions_total", "tern_batch_size_bucket"] {
+                     "tern_prefix_cache_hit_rate", "tern_kv_cache_blocks_total", "tern_preemptions_total", "tern_batch_size_bucket",
+                     "tern_relay_groups", "tern_relay_prefix_tokens_read_total"] {
             XCTAssertTrue(m.text.contains(name), "metrics lack \(name)")
         }
     }

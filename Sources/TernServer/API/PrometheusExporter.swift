@@ -33,6 +33,9 @@ enum PrometheusExporter {
         metric("tern_prefix_cache_hit_rate", "gauge", "Share of looked-up prompt blocks found in the prefix cache.",
                m.prefixCacheQueries > 0 ? Double(m.prefixCacheHits) / Double(m.prefixCacheQueries) : 0)
         metric("tern_preemptions_total", "counter", "Sequences preempted for lack of KV blocks.", Double(m.preemptions))
+        metric("tern_relay_groups", "gauge", "Relay groups (decoding sequences sharing prefix blocks) in the last engine step.", Double(m.relayGroups))
+        metric("tern_relay_prefix_tokens_read_total", "counter", "Shared-prefix positions RelayAttention read, once per group and step.", Double(m.relayPrefixTokensRead))
+        metric("tern_relay_prefix_tokens_per_sequence_total", "counter", "Shared-prefix positions the relay groups' members would have read one by one.", Double(m.relayPrefixTokensPerSequence))
         metric("tern_engine_steps_total", "counter", "Engine steps (batched forward passes).", Double(m.steps))
         metric("tern_spec_decode_draft_tokens_total", "counter", "Speculative tokens proposed (speculation is not enabled yet).", 0)
         metric("tern_spec_decode_accepted_tokens_total", "counter", "Speculative tokens accepted.", 0)
