@@ -54,7 +54,8 @@ struct GenerateCommand: ParsableCommand, EnvironmentReadable {
     var ignoreEos = false
 
     func run() throws {
-        guard let prompt = prompt ?? promptArgument else { throw UsageError("generate needs --prompt TEXT") }
+        // The argument is always from the command line, --prompt may be from TERN_PROMPT: the argument wins.
+        guard let prompt = promptArgument ?? prompt else { throw UsageError("generate needs --prompt TEXT") }
         let (loaded, _) = try loadModel(model)
         var sampling = SamplingParameters(temperature: temperature)
         sampling.topK = try atLeast(topK, 0, "top-k")

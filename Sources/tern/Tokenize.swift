@@ -19,7 +19,8 @@ struct TokenizeCommand: ParsableCommand, EnvironmentReadable {
     var special = false
 
     func run() throws {
-        guard let text = text ?? textArgument else { throw UsageError("tokenize needs --text TEXT") }
+        // The argument is always from the command line, --text may be from TERN_TEXT: the argument wins.
+        guard let text = textArgument ?? text else { throw UsageError("tokenize needs --text TEXT") }
         let ck = try Checkpoint.open(path: model)
         let tokenizer = try Tokenizer(spec: ck.tokenizerSpec)
         let ids = tokenizer.encode(text, parseSpecial: special)

@@ -120,6 +120,7 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(try tern(["tokenize", "--model", model], env: ["TERN_TEXT": "world"]).stdout, world.stdout)
         XCTAssertEqual(try tern(["tokenize", "--model", model, "--text", "hello"], env: ["TERN_TEXT": "world"]).stdout, hello.stdout)
         XCTAssertEqual(try tern(["tokenize", "--text=hello"], env: ["TERN_TEXT": "world", "TERN_MODEL": model]).stdout, hello.stdout)
+        XCTAssertEqual(try tern(["tokenize", "--model", model, "hello"], env: ["TERN_TEXT": "world"]).stdout, hello.stdout)
         // A value that starts with dashes is still a value.
         let dashes = try tern(["tokenize", "--model", model, "--text", "--model"])
         XCTAssertEqual(dashes.status, 0, dashes.stderr)
