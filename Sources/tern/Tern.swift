@@ -78,7 +78,7 @@ enum TernMain {
     static func environmentArguments(_ arguments: [String]) throws -> EnvironmentArguments {
         let name = arguments[0]
         let helpAsked = arguments.contains { $0 == "--help" || $0 == "-h" }
-        let command = TernCommand.configuration.subcommands.first { $0._commandName == name }
+        let command = TernCommand.configuration.subcommands.first { $0.configuration.commandName == name }
         guard !helpAsked, let readable = command as? EnvironmentReadable.Type else {
             return try EnvironmentArguments(command: nil, commandLine: arguments, options: [], environment: [:])
         }
