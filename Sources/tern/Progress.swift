@@ -32,7 +32,11 @@ final class ProgressLine: @unchecked Sendable {
     func tick(_ text: @escaping @Sendable (ProgressLine) -> String) {
         let t = DispatchSource.makeTimerSource(queue: .global())
         t.schedule(deadline: .now(), repeating: .milliseconds(200))
-        t.setEventHandler { [unowned self] in self.update(text(self)) }
+        // weak: cancelling does not wait for a tick already running, which may outlive the line.
+        t.setEventHandler { [weak self] in
+            guard let self else { return }
+            self.update(text(self))
+        }
         lock.lock()
         timer = t
         lock.unlock()
