@@ -7,7 +7,10 @@
 #   docker run --rm -p 8080:8080 -v "$PWD/deploy/models:/models:ro" tern
 
 # The toolchain the project is developed with (Swift 6.3); Package.swift needs tools version 6.0 or later.
+# Both base images can be replaced (--build-arg) by local ones: scripts/container-check builds them itself
+# where no registry is reachable.
 ARG SWIFT_IMAGE=swift:6.3-bookworm
+ARG RUNTIME_IMAGE=debian:bookworm-slim
 
 FROM ${SWIFT_IMAGE} AS build
 # The headers and pkg-config files of the two system libraries Package.swift declares (COpenSSL, CZlib).
@@ -26,7 +29,7 @@ RUN swift build -c release --static-swift-stdlib --product tern \
     && install -D -m 0755 "$(swift build -c release --static-swift-stdlib --show-bin-path)/tern" /out/tern \
     && install -D -m 0755 deploy/healthcheck /out/tern-healthcheck
 
-FROM debian:bookworm-slim
+FROM ${RUNTIME_IMAGE}
 # What `ldd tern` lists beyond libc: libssl3/libcrypto (TLS), zlib1g (gzip responses), and the C++ runtime
 # that the statically linked Foundation needs (libstdc++6, libgcc-s1; already in the base, named so they stay).
 # Not pinned, for the same reason as above.

@@ -10,6 +10,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
     ],
     targets: [
         // Innermost SIMD loops, with runtime CPU dispatch (AVX-512 VNNI, AVX2, scalar). No unsafe flags anywhere:
@@ -30,7 +31,8 @@ let package = Package(
         ),
         .executableTarget(
             name: "tern",
-            dependencies: ["TernCore", "TernServer", "CKernels"]
+            dependencies: ["TernCore", "TernServer", "CKernels",
+                           .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         // Paths and helpers the test targets share.
         .target(
@@ -45,6 +47,11 @@ let package = Package(
         .testTarget(
             name: "TernServerTests",
             dependencies: ["TernServer", "TernCore", "TernTestSupport"]
+        ),
+        // The `tern` command and the deploy/ files, checked from outside: the built binary runs as a subprocess.
+        .testTarget(
+            name: "TernCLITests",
+            dependencies: ["TernTestSupport"]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -4,25 +4,56 @@
 // machine's measured memory read bandwidth, the weight bytes one token reads, and the share of the
 // bandwidth ceiling (bandwidth / bytes per token) that generation reaches.
 
+import ArgumentParser
 import CKernels
 import Foundation
 import TernCore
 
-func runBench(_ args: [String]) throws {
-    let o = try Options(args, values: ["model", "threads", "prompt-tokens", "gen-tokens", "repetitions", "seed", "batch", "depth"],
-                        flags: ["json"])
-    let path = modelPath(o)
-    let threadCount = try threads(o)
-    let promptTokens = try o.int("prompt-tokens", default: 128, min: 0)!
-    let genTokens = try o.int("gen-tokens", default: 128, min: 0)!
-    let reps = try o.int("repetitions", default: 3, min: 1)!
-    let json = try o.flag("json")
-    // Generation measured with `batch` sequences decoding together, each after `depth` tokens of context.
-    let batch = try o.int("batch", default: 1, min: 1)!
-    let depth = try o.int("depth", default: 0, min: 0)!
-    var rng = RandomStream(seed: UInt64(try o.int("seed", default: 42, min: 0)!))
+struct BenchCommand: ParsableCommand, EnvironmentReadable {
+    static let configuration = CommandConfiguration(commandName: "bench", abstract: "llama-bench-style throughput of the forward pass.")
 
-    let loaded = try LoadedModel(path: path)
+    static let environmentOptions: [EnvironmentOption] = [
+        .value("model"), .value("threads"), .value("prompt-tokens"), .value("gen-tokens"), .value("repetitions"),
+        .value("seed"), .value("batch"), .value("depth"), .flag("json"),
+    ]
+
+    @Option(parsing: .unconditional, help: .tern("GGUF file or Hugging Face directory.", env: "model", valueName: "path"))
+    var model = defaultModelPath
+    @Option(parsing: .unconditional, help: .tern("Compute threads.", env: "threads", default: "the number of cores", valueName: "n"))
+    var threads: Int?
+    @Option(parsing: .unconditional, help: .tern("Prompt length of the prompt-processing test; 0 skips it.", env: "prompt-tokens", valueName: "n"))
+    var promptTokens = 128
+    @Option(parsing: .unconditional, help: .tern("Tokens of the generation test; 0 skips it.", env: "gen-tokens", valueName: "n"))
+    var genTokens = 128
+    @Option(parsing: .unconditional, help: .tern("Measured runs of each test (after one warm-up).", env: "repetitions", valueName: "n"))
+    var repetitions = 3
+    @Option(parsing: .unconditional, help: .tern("Seed of the random token ids.", env: "seed", valueName: "s"))
+    var seed = 42
+    @Option(parsing: .unconditional, help: .tern("Sequences decoding together in the generation test.", env: "batch", valueName: "b"))
+    var batch = 1
+    @Option(parsing: .unconditional, help: .tern("Tokens of context before generation is measured.", env: "depth", valueName: "d"))
+    var depth = 0
+    @Flag(help: .tern("Also print the results as one JSON line.", env: "json", default: "off"))
+    var json = false
+
+    func run() throws {
+        try runBench(self)
+    }
+}
+
+func runBench(_ o: BenchCommand) throws {
+    let path = o.model
+    let threadCount = try threadCount(o.threads)
+    let promptTokens = try atLeast(o.promptTokens, 0, "prompt-tokens")
+    let genTokens = try atLeast(o.genTokens, 0, "gen-tokens")
+    let reps = try atLeast(o.repetitions, 1, "repetitions")
+    let json = o.json
+    // Generation measured with `batch` sequences decoding together, each after `depth` tokens of context.
+    let batch = try atLeast(o.batch, 1, "batch")
+    let depth = try atLeast(o.depth, 0, "depth")
+    var rng = RandomStream(seed: UInt64(try atLeast(o.seed, 0, "seed")))
+
+    let (loaded, _) = try loadModel(path)
     let model = loaded.model
     let pool = WorkerPool(threads: threadCount)
     let context = max(promptTokens, depth) + genTokens + 1

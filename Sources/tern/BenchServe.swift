@@ -5,6 +5,7 @@
 // cannot starve the Dispatch pool and skew the timings. Loopback only: a benchmark is not a traffic generator
 // for other people's machines.
 
+import ArgumentParser
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -12,51 +13,94 @@ import Glibc
 
 // MARK: - Command
 
-func runBenchServe(_ args: [String]) throws {
-    let o = try Options(args, values: ["url", "model", "concurrency", "request-rate", "num-requests", "prompt-tokens",
-                                       "output-tokens", "shared-prefix-tokens", "duration-limit", "api-key", "seed",
-                                       "request-timeout", "temperature", "max-concurrency"],
-                        flags: ["json"])
-    let target = try BenchTarget(url: o.string("url") ?? "http://127.0.0.1:8080")
+struct BenchServeCommand: ParsableCommand, EnvironmentReadable {
+    static let configuration = CommandConfiguration(commandName: "bench-serve", abstract: "Load generator for a running server (loopback only).")
+
+    // TERN_MODEL is not here: for `tern serve` it names a checkpoint file, not a served model (see run()).
+    static let environmentOptions: [EnvironmentOption] = [
+        .value("url"), .value("concurrency"), .value("request-rate"), .value("num-requests"), .value("prompt-tokens"),
+        .value("output-tokens"), .value("shared-prefix-tokens"), .value("duration-limit"), .value("api-key"),
+        .value("seed"), .value("request-timeout"), .value("temperature"), .value("max-concurrency"), .flag("json"),
+    ]
+
+    @Option(parsing: .unconditional, help: .tern("The server, on a loopback address.", env: "url", valueName: "url"))
+    var url = "http://127.0.0.1:8080"
+    @Option(parsing: .unconditional, help: ArgumentHelp(
+        "Served model name (default: the server's first; env: TERN_MODEL, used only when the server serves it).", valueName: "name"))
+    var model: String?
+    @Option(parsing: .unconditional, help: .tern("Clients in a closed loop.", env: "concurrency", default: "1", valueName: "n"))
+    var concurrency: Int?
+    @Option(parsing: .unconditional, help: .tern("Poisson arrivals per second instead of --concurrency.", env: "request-rate", default: "off", valueName: "r"))
+    var requestRate: Float?
+    @Option(parsing: .unconditional, help: .tern("With --request-rate, requests in flight at most.", env: "max-concurrency", default: "unbounded", valueName: "n"))
+    var maxConcurrency: Int?
+    @Option(parsing: .unconditional, help: .tern("Requests to send.", env: "num-requests", valueName: "n"))
+    var numRequests = 64
+    @Option(parsing: .unconditional, help: .tern("Prompt length in tokens.", env: "prompt-tokens", valueName: "n"))
+    var promptTokens = 128
+    @Option(parsing: .unconditional, help: .tern("Output tokens per request (ignore_eos).", env: "output-tokens", valueName: "n"))
+    var outputTokens = 128
+    @Option(parsing: .unconditional, help: .tern("Leading prompt tokens all requests share.", env: "shared-prefix-tokens", valueName: "n"))
+    var sharedPrefixTokens = 0
+    @Option(parsing: .unconditional, help: .tern("Stop sending after this many seconds.", env: "duration-limit", valueName: "s"))
+    var durationLimit = 300
+    @Option(parsing: .unconditional, help: .tern("Give up on one request after this many seconds.", env: "request-timeout", valueName: "s"))
+    var requestTimeout = 300
+    @Option(parsing: .unconditional, help: .tern("Sampling temperature.", env: "temperature", valueName: "t"))
+    var temperature: Float = 0
+    @Option(parsing: .unconditional, help: .tern("Sent as `Authorization: Bearer KEY`.", env: "api-key", default: "none", valueName: "key"))
+    var apiKey: String?
+    @Option(parsing: .unconditional, help: .tern("Seed of the prompts.", env: "seed", default: "random, printed", valueName: "s"))
+    var seed: String?
+    @Flag(help: .tern("Also print the report as one JSON line.", env: "json", default: "off"))
+    var json = false
+
+    func run() throws {
+        try runBenchServe(self)
+    }
+}
+
+func runBenchServe(_ o: BenchServeCommand) throws {
+    let target = try BenchTarget(url: o.url)
     var plan = BenchPlan()
-    plan.numRequests = try o.int("num-requests", default: 64, min: 1)!
-    plan.promptTokens = try o.int("prompt-tokens", default: 128, min: 1)!
-    plan.outputTokens = try o.int("output-tokens", default: 128, min: 1)!
-    plan.sharedPrefixTokens = try o.int("shared-prefix-tokens", default: 0, min: 0)!
+    plan.numRequests = try atLeast(o.numRequests, 1, "num-requests")
+    plan.promptTokens = try atLeast(o.promptTokens, 1, "prompt-tokens")
+    plan.outputTokens = try atLeast(o.outputTokens, 1, "output-tokens")
+    plan.sharedPrefixTokens = try atLeast(o.sharedPrefixTokens, 0, "shared-prefix-tokens")
     guard plan.sharedPrefixTokens <= plan.promptTokens else {
         throw UsageError("--shared-prefix-tokens (\(plan.sharedPrefixTokens)) must not exceed --prompt-tokens (\(plan.promptTokens))")
     }
-    plan.durationLimit = Double(try o.int("duration-limit", default: 300, min: 1)!)
-    plan.requestTimeout = Double(try o.int("request-timeout", default: 300, min: 1)!)
-    plan.temperature = Double(try o.float("temperature", default: 0)!)
+    plan.durationLimit = Double(try atLeast(o.durationLimit, 1, "duration-limit"))
+    plan.requestTimeout = Double(try atLeast(o.requestTimeout, 1, "request-timeout"))
+    plan.temperature = Double(o.temperature)
     guard plan.temperature >= 0 else { throw UsageError("--temperature must be ≥ 0") }
-    if let s = o.string("seed") {
-        guard let v = UInt64(s) ?? Int64(s).map({ UInt64(bitPattern: $0) }) else { throw UsageError("--seed must be an integer, got '\(s)'") }
-        plan.seed = v
+    if let s = o.seed {
+        plan.seed = try parseSeed(s)
     } else {
         // Without --seed every run draws fresh prompts: a second run with the same prompts would be served from
         // the prefix cache the first one filled and report flattering TTFTs. The seed is printed for repeats.
         plan.seed = UInt64.random(in: 0..<1_000_000)
     }
-    let concurrency = try o.int("concurrency", default: nil, min: 1)
-    let rate = try o.float("request-rate", default: nil)
+    let concurrency = try o.concurrency.map { try atLeast($0, 1, "concurrency") }
+    let rate = o.requestRate
     switch (concurrency, rate) {
     case (.some, .some): throw UsageError("give either --concurrency N or --request-rate R, not both")
     case (_, .some(let r)):
         guard r > 0 else { throw UsageError("--request-rate must be positive, got \(r)") }
-        plan.load = .rate(Double(r), maxInFlight: try o.int("max-concurrency", default: nil, min: 1))
+        plan.load = .rate(Double(r), maxInFlight: try o.maxConcurrency.map { try atLeast($0, 1, "max-concurrency") })
     case (let c, nil):
         plan.load = .concurrency(c ?? 1)
     }
-    plan.apiKey = o.string("api-key")
-    let json = try o.flag("json")
+    plan.apiKey = o.apiKey
+    let json = o.json
     // TERN_MODEL usually names a checkpoint file for `tern serve`; only a --model on this command line is a
     // served-model name we must insist on.
-    let explicitModel = args.contains { $0 == "--model" || $0.hasPrefix("--model=") }
+    let explicitModel = o.model != nil
+    let requestedModel = o.model ?? ProcessInfo.processInfo.environment["TERN_MODEL"].flatMap { $0.isEmpty ? nil : $0 }
 
     let client = BenchHTTPClient(target: target, apiKey: plan.apiKey)
     let served = try waitForServer(client)
-    if let m = o.string("model") {
+    if let m = requestedModel {
         if served.isEmpty || served.contains(m) {
             plan.model = m
         } else if explicitModel {
