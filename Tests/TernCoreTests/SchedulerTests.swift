@@ -77,19 +77,29 @@ final class SchedulerTests: XCTestCase {
         }
         // A stream decodes while a 4000-token prompt prefills: once the step speed is known, the prompt goes in
         // chunks that fit the target step time, and a short request still starts at once.
-        let (s, _) = try makeScheduler(blocks: 2000, budget: 512)
+        let (s, _) = try makeScheduler(blocks: 2000, budget: 1024)
         s.enqueue(request(1, prompt: 20))
         complete(s, s.schedule())
         s.enqueue(request(2, prompt: 4000))
-        s.observe(seconds: 0.5, cost: 500)   // 1 ms per cost unit: a 0.2 s step holds 200 units
+        // Steps cost 10 ms plus 0.5 ms per unit: a 0.2 s step holds 380 units, less than the floor for prefills
+        // (half of the 1024 budget), so the floor decides.
+        s.observe(seconds: 0.010 + 0.0005 * 4, cost: 4)
+        s.observe(seconds: 0.010 + 0.0005 * 600, cost: 600)
+        let model = try XCTUnwrap(s.stepTimeModel)
+        XCTAssertEqual(model.fixed, 0.010, accuracy: 1e-6)
+        XCTAssertEqual(model.perCost, 0.0005, accuracy: 1e-9)
         var out = s.schedule()
-        XCTAssertEqual(out.chunks.map(\.count), [1, Scheduler.tokens(from: 0, within: 199)])
+        let decodeCost = Scheduler.cost(start: 20, count: 1)
+        XCTAssertEqual(out.chunks.count, 2)
+        XCTAssertEqual(out.chunks[0].count, 1)
+        XCTAssertTrue((Scheduler.tokens(from: 0, within: 511)...Scheduler.tokens(from: 0, within: 512)).contains(out.chunks[1].count))
+        XCTAssertEqual(out.cost, decodeCost + Scheduler.cost(start: 0, count: out.chunks[1].count), accuracy: 1e-9)
         complete(s, out)
         s.enqueue(request(3, prompt: 8))
         out = s.schedule()
         XCTAssertEqual(out.chunks.count, 3)
         XCTAssertEqual(out.chunks.last?.count, 8, "the short request starts in the same step")
-        XCTAssertLessThanOrEqual(out.cost, 200 + Double(Scheduler.minimumChunk))
+        XCTAssertLessThanOrEqual(out.cost, 3 + 512 + Double(Scheduler.minimumChunk))
     }
 
     func testYoungestIsPreemptedWhenBlocksRunOut() throws {

@@ -68,14 +68,30 @@ final class Scheduler {
         return max(0, Int(n.rounded(.down)))
     }
 
-    /// Seconds per cost unit, a moving average over recent steps (nil until measured).
-    private(set) var secondsPerCost: Double?
+    /// Step time as a line over cost, t ≈ fixed + perCost · cost, fitted to recent steps (exponentially weighted
+    /// sums): a decode step mostly pays for reading the weights once, whatever the batch, so a single rate would
+    /// take decode-heavy steps for expensive tokens and starve prefills.
+    private var fit = (n: 0.0, x: 0.0, y: 0.0, xx: 0.0, xy: 0.0)
+
+    /// (fixed seconds, seconds per cost unit), or nil until measured.
+    var stepTimeModel: (fixed: Double, perCost: Double)? {
+        guard fit.n > 0.5, fit.x > 0 else { return nil }
+        let d = fit.n * fit.xx - fit.x * fit.x
+        var b = fit.y / fit.x
+        if d > 1e-9 * fit.n * fit.xx {
+            let slope = (fit.n * fit.xy - fit.x * fit.y) / d
+            if slope > 0 { b = slope }
+        }
+        let a = max(0, (fit.y - b * fit.x) / fit.n)
+        return (a, b)
+    }
 
     /// Records how long a step of `cost` units took.
     func observe(seconds: Double, cost: Double) {
-        guard cost >= 8, seconds > 0 else { return }
-        let v = seconds / cost
-        secondsPerCost = secondsPerCost.map { 0.7 * $0 + 0.3 * v } ?? v
+        guard cost > 0, seconds > 0 else { return }
+        let keep = 0.9
+        fit = (keep * fit.n + 1, keep * fit.x + cost, keep * fit.y + seconds,
+               keep * fit.xx + cost * cost, keep * fit.xy + cost * seconds)
     }
 
     let limits: Limits
@@ -123,11 +139,13 @@ final class Scheduler {
             out.cost += Self.cost(start: s.computed, count: n)
             budget -= n
         }
-        // The cost budget: everything, unless someone is waiting on this step.
+        // The cost budget: everything, unless someone waits on this step — then what fits the target step time,
+        // but never less than half the budget for prefills, so new requests keep starting on a slow machine.
         var costBudget = Double(limits.maxBatchTokens)
         let othersWait = !out.chunks.isEmpty || !waiting.isEmpty
-        if othersWait, let spc = secondsPerCost {
-            costBudget = min(costBudget, max(out.cost + Double(Self.minimumChunk), limits.targetStepSeconds / spc))
+        if othersWait, let model = stepTimeModel {
+            let fits = (limits.targetStepSeconds - model.fixed) / model.perCost
+            costBudget = min(costBudget, max(out.cost + costBudget / 2, fits))
         }
         // 2. Chunks of prefills under way; while requests wait, one prefill takes at most half of what is left.
         for s in running where !s.finished && !s.promptDone && budget > 0 {
