@@ -239,10 +239,8 @@ public final class Engine: @unchecked Sendable {
             items.append(ForwardItem(tokens: Array(s.tokens[c.start..<(c.start + c.count)]), memory: s.memory, logitRows: rows))
         }
         let logits: UnsafeMutablePointer<Float>
-        let started = DispatchTime.now().uptimeNanoseconds
         do {
             logits = try loaded.model.forward(items, workspace: workspace)
-            scheduler.observe(seconds: Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9, cost: plan.cost)
         } catch {
             for c in plan.chunks where !c.sequence.request.done {
                 c.sequence.request.onEvent(.failed("forward pass failed: \(error)"))

@@ -5,11 +5,11 @@
 // preempted (its blocks freed; recomputed later). The output is a value the model runner consumes.
 //
 // Tokens are not all equal: a token's attention grows with its position, so a prefill chunk deep in a long prompt
-// costs several times one near the start. Each step also has a cost budget — tokens weighted by
-// 1 + position / attentionEquivalentPosition — and, while others are waiting on it (decoding streams, queued
-// requests), that budget shrinks to what the last steps' measured speed fits into the target step time. So one
-// long uncached prompt is computed in smaller chunks instead of stalling running streams, and it leaves room in
-// every step for short new requests.
+// costs several times one near the start. Each step therefore also has a cost budget — tokens weighted by
+// 1 + position / attentionEquivalentPosition, as many units as the step has tokens — so one long uncached prompt
+// goes in chunks that take about as long as a step near the start, instead of ever longer steps that stall the
+// running streams; and while requests wait, one prefill takes at most half of what is left, so short new
+// requests start in the same step.
 //
 // Engine-thread only. Every pass over the running set is linear: the running set is kept in admission order, so
 // the youngest is at its end, and finished sequences are compacted out once per step.
@@ -45,12 +45,10 @@ final class Scheduler {
         var maxBatchTokens: Int
         var maxRunning: Int
         var prefixCaching: Bool
-        /// Longest a step should take while streams decode or requests wait (seconds).
-        var targetStepSeconds: Double = 0.2
     }
 
-    /// The position at which a token's attention costs about as much as the rest of its forward pass (SmolLM2-sized
-    /// models on 2 cores; only the shape of the estimate matters, the speed is measured).
+    /// The position at which a token's attention costs about as much as the rest of its forward pass (measured
+    /// roughly on SmolLM2-sized models; only the shape of the estimate matters).
     static let attentionEquivalentPosition = 2048.0
     /// Smallest prefill chunk a cost budget cuts a prompt into.
     static let minimumChunk = 16
@@ -66,32 +64,6 @@ final class Scheduler {
         let a = 1 / (2 * c), b = 1 + (Double(start) - 0.5) / c
         let n = (-b + (b * b + 4 * a * max(0, budget)).squareRoot()) / (2 * a)
         return max(0, Int(n.rounded(.down)))
-    }
-
-    /// Step time as a line over cost, t ≈ fixed + perCost · cost, fitted to recent steps (exponentially weighted
-    /// sums): a decode step mostly pays for reading the weights once, whatever the batch, so a single rate would
-    /// take decode-heavy steps for expensive tokens and starve prefills.
-    private var fit = (n: 0.0, x: 0.0, y: 0.0, xx: 0.0, xy: 0.0)
-
-    /// (fixed seconds, seconds per cost unit), or nil until measured.
-    var stepTimeModel: (fixed: Double, perCost: Double)? {
-        guard fit.n > 0.5, fit.x > 0 else { return nil }
-        let d = fit.n * fit.xx - fit.x * fit.x
-        var b = fit.y / fit.x
-        if d > 1e-9 * fit.n * fit.xx {
-            let slope = (fit.n * fit.xy - fit.x * fit.y) / d
-            if slope > 0 { b = slope }
-        }
-        let a = max(0, (fit.y - b * fit.x) / fit.n)
-        return (a, b)
-    }
-
-    /// Records how long a step of `cost` units took.
-    func observe(seconds: Double, cost: Double) {
-        guard cost > 0, seconds > 0 else { return }
-        let keep = 0.9
-        fit = (keep * fit.n + 1, keep * fit.x + cost, keep * fit.y + seconds,
-               keep * fit.xx + cost * cost, keep * fit.xy + cost * seconds)
     }
 
     let limits: Limits
@@ -139,14 +111,9 @@ final class Scheduler {
             out.cost += Self.cost(start: s.computed, count: n)
             budget -= n
         }
-        // The cost budget: everything, unless someone waits on this step — then what fits the target step time,
-        // but never less than half the budget for prefills, so new requests keep starting on a slow machine.
-        var costBudget = Double(limits.maxBatchTokens)
-        let othersWait = !out.chunks.isEmpty || !waiting.isEmpty
-        if othersWait, let model = stepTimeModel {
-            let fits = (limits.targetStepSeconds - model.fixed) / model.perCost
-            costBudget = min(costBudget, max(out.cost + costBudget / 2, fits))
-        }
+        // The cost budget: as many cost units as the step has tokens, so a step deep in a long prompt computes
+        // fewer tokens and takes about as long as one near the start.
+        let costBudget = Double(limits.maxBatchTokens)
         // 2. Chunks of prefills under way; while requests wait, one prefill takes at most half of what is left.
         for s in running where !s.finished && !s.promptDone && budget > 0 {
             var room = costBudget - out.cost
