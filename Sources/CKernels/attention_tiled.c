@@ -177,6 +177,61 @@ static inline uint32_t range_bits(int64_t a, int64_t lo, int64_t hi) {
     return (uint32_t)(((1ull << e) - 1) & ~((1ull << s) - 1));
 }
 
+/* 8 rows × 8 values (f32 or f16 at `row`, rows `stride` bytes apart) transposed into dst[i * TT + r]. */
+INL2 void transpose8(int t, const uint8_t *row, size_t stride, float *dst) {
+    __m256 r[8];
+    for (int i = 0; i < 8; i++) {
+        const uint8_t *p = row + (size_t)i * stride;
+        r[i] = t == TERN_F32 ? _mm256_loadu_ps((const float *)(const void *)p)
+                             : _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)p));
+    }
+    const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    const __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0)), u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+    const __m256 u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0)), u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+    const __m256 u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0)), u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+    const __m256 u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0)), u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+    _mm256_storeu_ps(dst + 0 * TT, _mm256_permute2f128_ps(u0, u4, 0x20));
+    _mm256_storeu_ps(dst + 1 * TT, _mm256_permute2f128_ps(u1, u5, 0x20));
+    _mm256_storeu_ps(dst + 2 * TT, _mm256_permute2f128_ps(u2, u6, 0x20));
+    _mm256_storeu_ps(dst + 3 * TT, _mm256_permute2f128_ps(u3, u7, 0x20));
+    _mm256_storeu_ps(dst + 4 * TT, _mm256_permute2f128_ps(u0, u4, 0x31));
+    _mm256_storeu_ps(dst + 5 * TT, _mm256_permute2f128_ps(u1, u5, 0x31));
+    _mm256_storeu_ps(dst + 6 * TT, _mm256_permute2f128_ps(u2, u6, 0x31));
+    _mm256_storeu_ps(dst + 7 * TT, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+
+/* The common tile: all sixteen positions inside one segment and the key range, f32 or f16, hd a multiple of 8 —
+   keys go in by 8×8 register transposes and values by vector conversion, with no scalar stores. Returns 0 when
+   the tile is not of that kind (the caller then uses load_tile). */
+INL2 int load_full_tile_avx2(int t, int64_t hd, const tern_kv_segment *segs, int64_t nseg, int64_t *cursor,
+                             size_t layer_offset, size_t row_bytes, size_t head_offset, int64_t a, int64_t k_lo,
+                             int64_t k_hi, float *kt, float *v) {
+    if ((t != TERN_F32 && t != TERN_F16) || hd % 8 || a < k_lo || a + TT > k_hi) return 0;
+    int64_t s = *cursor;
+    while (s < nseg && segs[s].first + segs[s].count <= a) s++;
+    *cursor = s;
+    if (s >= nseg || segs[s].first > a || segs[s].first + segs[s].count < a + TT) return 0;
+    const size_t off = layer_offset + (size_t)(a - segs[s].first) * row_bytes + head_offset;
+    const uint8_t *k = (const uint8_t *)segs[s].keys + off, *vv = (const uint8_t *)segs[s].values + off;
+    const int es = t == TERN_F32 ? 4 : 2;
+    for (int64_t d = 0; d < hd; d += 8) {
+        transpose8(t, k + (size_t)d * es, row_bytes, kt + d * TT);
+        transpose8(t, k + 8 * row_bytes + (size_t)d * es, row_bytes, kt + d * TT + 8);
+    }
+    for (int j = 0; j < TT; j++) {
+        const uint8_t *r = vv + (size_t)j * row_bytes;
+        for (int64_t d = 0; d < hd; d += 8) {
+            const __m256 x = t == TERN_F32 ? _mm256_loadu_ps((const float *)(const void *)(r + 4 * d))
+                                           : _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(r + 2 * d)));
+            _mm256_storeu_ps(v + j * hd + d, x);
+        }
+    }
+    return 1;
+}
+
 TGT2 static void tiled_avx2(int t, int64_t hd, float scale, const float *q, int64_t rows, int64_t heads,
                             size_t q_row_stride, int64_t pos0, int64_t window, const tern_kv_segment *segs, int64_t nseg,
                             size_t layer_offset, size_t row_bytes, size_t head_offset, int64_t k_lo, int64_t k_hi,
@@ -192,7 +247,10 @@ TGT2 static void tiled_avx2(int t, int64_t hd, float scale, const float *q, int6
     const __m256 vscale = _mm256_set1_ps(scale);
     int64_t cursor = 0;
     for (int64_t a = first - first % TT; a < last; a += TT) {
-        const uint32_t valid = load_tile(t, hd, segs, nseg, &cursor, layer_offset, row_bytes, head_offset, a, k_lo, k_hi, kt, v, tmp);
+        const uint32_t valid = load_full_tile_avx2(t, hd, segs, nseg, &cursor, layer_offset, row_bytes, head_offset, a, k_lo,
+                                                   k_hi, kt, v)
+                                   ? 0xffffu
+                                   : load_tile(t, hd, segs, nseg, &cursor, layer_offset, row_bytes, head_offset, a, k_lo, k_hi, kt, v, tmp);
         if (!valid) continue;
         /* Raw scores, four queries at a time against the sixteen keys. */
         int64_t i = 0;
