@@ -76,10 +76,14 @@ struct AttentionPlan {
         var relayOf = [Int](repeating: -1, count: items)
         if relay && items >= 2 { findRelayGroups(items: items, lastRowOfItem: lastRowOfItem, rowPosition: rowPosition,
                                                  memories: memories, sinks: sinks, relayOf: &relayOf) }
+        // Shared passes are the heavy tasks: cut each group's members into enough tiles that every thread gets
+        // an even share of them (each tile reads the prefix once).
+        let tilesPerHead = max(1, (2 * threads + kvHeads - 1) / kvHeads)
         for (g, group) in relayGroups.enumerated() {
+            let tile = min(Self.rowTile, max(1, (group.rows.count + tilesPerHead - 1) / tilesPerHead))
             var k = 0
             while k < group.rows.count {
-                let n = min(Self.rowTile, group.rows.count - k)
+                let n = min(tile, group.rows.count - k)
                 for h in 0..<kvHeads {
                     tasks.append(AttentionTask(item: group.items[k], kvHead: h, row0: group.gathered + k, rows: n, keyLow: 0,
                                                keyHigh: group.prefix, part: -1, relay: g, shared: true))
