@@ -14,7 +14,7 @@ struct BenchCommand: ParsableCommand, EnvironmentReadable {
 
     static let environmentOptions: [EnvironmentOption] = [
         .value("model"), .value("threads"), .value("prompt-tokens"), .value("gen-tokens"), .value("repetitions"),
-        .value("seed"), .value("batch"), .value("depth"), .flag("json"),
+        .value("seed"), .value("batch"), .value("depth"), .value("kv-type"), .flag("json"),
     ]
 
     @Option(parsing: .unconditional, help: .tern("GGUF file or Hugging Face directory.", env: "model", valueName: "path"))
@@ -33,6 +33,10 @@ struct BenchCommand: ParsableCommand, EnvironmentReadable {
     var batch = 1
     @Option(parsing: .unconditional, help: .tern("Tokens of context before generation is measured.", env: "depth", valueName: "d"))
     var depth = 0
+    @Option(parsing: .unconditional, help: .tern(
+        "KV cache: contiguous (f32, one slab per sequence), or the server's paged blocks of 16 in f32, f16 or q8_0.",
+        env: "kv-type", valueName: "contiguous|f32|f16|q8_0"))
+    var kvType = "contiguous"
     @Flag(help: .tern("Also print the results as one JSON line.", env: "json", default: "off"))
     var json = false
 
@@ -60,12 +64,26 @@ func runBench(_ o: BenchCommand) throws {
     let workspace = model.makeWorkspace(maxTokens: max(promptTokens, batch, min(depth, 512), 1), maxContext: context, pool: pool)
     let vocab = model.vocabularySize
     func randomTokens(_ n: Int) -> [Int32] { (0..<n).map { _ in Int32(rng.next() % UInt64(vocab)) } }
+    // The memory each measured sequence gets: the contiguous cache, or paged blocks as `tern serve` uses them.
+    var makeMemory: () -> SequenceMemory = { model.makeMemory(capacity: context) }
+    if o.kvType != "contiguous" {
+        guard let storage = KVStorage(rawValue: o.kvType) else {
+            throw UsageError("--kv-type must be contiguous, f32, f16 or q8_0, got '\(o.kvType)'")
+        }
+        guard let llama = loaded.llama else { throw UsageError("--kv-type \(o.kvType) needs a transformer (this model keeps a recurrent state)") }
+        let layout = llama.cacheLayout
+        let blockBytes = 16 * layout.layersPerBlock * 2 * storage.rowBytes(llama.kvDim) * layout.groups.count
+        let blocks = ((context + 15) / 16 + 2) * (batch + 1)
+        let kvPool = try KVBlockPool(layers: layout.layersPerBlock, rowWidth: llama.kvDim, blockSize: 16, storage: storage,
+                                     bytes: blocks * blockBytes)
+        makeMemory = { PagedKVMemory(pool: kvPool, capacity: context, layout: layout) }
+    }
 
     // Prompt processing: one forward pass over the whole prompt, logits for its last token.
     var pp: [Double] = []
     if promptTokens > 0 {
         for rep in 0...reps {
-            let memory = model.makeMemory(capacity: context)
+            let memory = makeMemory()
             let tokens = randomTokens(promptTokens)
             let t0 = DispatchTime.now().uptimeNanoseconds
             _ = try model.forward(tokens: tokens, memory: memory, workspace: workspace, logitRows: (promptTokens - 1)..<promptTokens)
@@ -78,7 +96,7 @@ func runBench(_ o: BenchCommand) throws {
     var tg: [Double] = []
     if genTokens > 0 {
         for rep in 0...reps {
-            let memories = (0..<batch).map { _ in model.makeMemory(capacity: context) }
+            let memories = (0..<batch).map { _ in makeMemory() }
             for m in memories where depth > 0 {
                 var filled = 0
                 while filled < depth {
@@ -121,7 +139,7 @@ func runBench(_ o: BenchCommand) throws {
             ("model", "\"\(path.replacingOccurrences(of: "\"", with: "\\\""))\""),
             ("threads", "\(threadCount)"),
             ("prompt_tokens", "\(promptTokens)"), ("gen_tokens", "\(genTokens)"), ("repetitions", "\(reps)"),
-            ("batch", "\(batch)"), ("depth", "\(depth)"),
+            ("batch", "\(batch)"), ("depth", "\(depth)"), ("kv_type", "\"\(o.kvType)\""),
             ("pp_tokens_per_s", String(format: "%.2f", ppMean)), ("pp_stddev", String(format: "%.2f", ppStd)),
             ("tg_tokens_per_s", String(format: "%.2f", tgMean)), ("tg_stddev", String(format: "%.2f", tgStd)),
             ("weight_bytes_per_token", "\(Int(bytesPerToken))"),
