@@ -68,6 +68,38 @@ static inline void visible(int64_t pos0, int64_t r, int64_t window, int64_t k_lo
     *hi = h;
 }
 
+/* Lays the work buffer out (key tile, value tile, accumulators, scores, running max and sum, a row), clears the
+   running state, and finds the key positions any query row sees. */
+static void begin(float *work, int64_t hd, int64_t nq, int64_t rows, int64_t pos0, int64_t window, int64_t k_lo,
+                  int64_t k_hi, float **kt, float **v, float **acc, float **sc, float **m, float **l, float **tmp,
+                  int64_t *first, int64_t *last) {
+    *kt = work;
+    *v = *kt + TT * hd;
+    *acc = *v + TT * hd;
+    *sc = *acc + nq * hd;
+    *m = *sc + nq * TT;
+    *l = *m + nq;
+    *tmp = *l + nq;
+    for (int64_t i = 0; i < nq; i++) { (*m)[i] = -INFINITY; (*l)[i] = 0; }
+    memset(*acc, 0, (size_t)(nq * hd) * sizeof(float));
+    visible(pos0, 0, window, k_lo, k_hi, first, last);
+    int64_t a, b;
+    visible(pos0, rows - 1, window, k_lo, k_hi, &a, &b);
+    if (b > *last) *last = b;
+}
+
+/* Normalised outputs and log-sum-exps from the running state (zeros and -infinity where nothing was visible). */
+static void finish(int64_t hd, int64_t nq, int64_t heads, const float *acc, const float *m, const float *l, float *out,
+                   size_t out_row_stride, float *lse) {
+    for (int64_t i = 0; i < nq; i++) {
+        float *oi = out + (size_t)(i / heads) * out_row_stride + (size_t)(i % heads) * hd;
+        if (l[i] == 0) { memset(oi, 0, (size_t)hd * sizeof(float)); lse[i] = -INFINITY; continue; }
+        const float inv = 1.0f / l[i];
+        for (int64_t k = 0; k < hd; k++) oi[k] = acc[i * hd + k] * inv;
+        lse[i] = m[i] + logf(l[i]);
+    }
+}
+
 /* ---------- scalar ---------- */
 
 static void tiled_scalar(int t, int64_t hd, float scale, const float *q, int64_t rows, int64_t heads,
@@ -75,13 +107,9 @@ static void tiled_scalar(int t, int64_t hd, float scale, const float *q, int64_t
                          size_t layer_offset, size_t row_bytes, size_t head_offset, int64_t k_lo, int64_t k_hi,
                          float *work, float *out, size_t out_row_stride, float *lse) {
     const int64_t nq = rows * heads;
-    float *kt = work, *v = kt + TT * hd, *acc = v + TT * hd, *sc = acc + nq * hd, *m = sc + nq * TT, *l = m + nq,
-          *tmp = l + nq;
-    for (int64_t i = 0; i < nq; i++) { m[i] = -INFINITY; l[i] = 0; }
-    memset(acc, 0, (size_t)(nq * hd) * sizeof(float));
+    float *kt, *v, *acc, *sc, *m, *l, *tmp;
     int64_t first, last;
-    visible(pos0, 0, window, k_lo, k_hi, &first, &last);
-    { int64_t a, b; visible(pos0, rows - 1, window, k_lo, k_hi, &a, &b); if (b > last) last = b; }
+    begin(work, hd, nq, rows, pos0, window, k_lo, k_hi, &kt, &v, &acc, &sc, &m, &l, &tmp, &first, &last);
     int64_t cursor = 0;
     for (int64_t a = first - first % TT; a < last; a += TT) {
         const uint32_t valid = load_tile(t, hd, segs, nseg, &cursor, layer_offset, row_bytes, head_offset, a, k_lo, k_hi, kt, v, tmp);
@@ -115,13 +143,7 @@ static void tiled_scalar(int t, int64_t hd, float scale, const float *q, int64_t
             m[i] = mn;
         }
     }
-    for (int64_t i = 0; i < nq; i++) {
-        float *oi = out + (size_t)(i / heads) * out_row_stride + (size_t)(i % heads) * hd;
-        if (l[i] == 0) { memset(oi, 0, (size_t)hd * sizeof(float)); lse[i] = -INFINITY; continue; }
-        const float inv = 1.0f / l[i];
-        for (int64_t k = 0; k < hd; k++) oi[k] = acc[i * hd + k] * inv;
-        lse[i] = m[i] + logf(l[i]);
-    }
+    finish(hd, nq, heads, acc, m, l, out, out_row_stride, lse);
 }
 
 #ifdef TERN_X86
@@ -237,13 +259,9 @@ TGT2 static void tiled_avx2(int t, int64_t hd, float scale, const float *q, int6
                             size_t layer_offset, size_t row_bytes, size_t head_offset, int64_t k_lo, int64_t k_hi,
                             float *work, float *out, size_t out_row_stride, float *lse) {
     const int64_t nq = rows * heads;
-    float *kt = work, *v = kt + TT * hd, *acc = v + TT * hd, *sc = acc + nq * hd, *m = sc + nq * TT, *l = m + nq,
-          *tmp = l + nq;
-    for (int64_t i = 0; i < nq; i++) { m[i] = -INFINITY; l[i] = 0; }
-    memset(acc, 0, (size_t)(nq * hd) * sizeof(float));
+    float *kt, *v, *acc, *sc, *m, *l, *tmp;
     int64_t first, last;
-    visible(pos0, 0, window, k_lo, k_hi, &first, &last);
-    { int64_t a, b; visible(pos0, rows - 1, window, k_lo, k_hi, &a, &b); if (b > last) last = b; }
+    begin(work, hd, nq, rows, pos0, window, k_lo, k_hi, &kt, &v, &acc, &sc, &m, &l, &tmp, &first, &last);
     const __m256 vscale = _mm256_set1_ps(scale);
     int64_t cursor = 0;
     for (int64_t a = first - first % TT; a < last; a += TT) {
@@ -324,13 +342,7 @@ TGT2 static void tiled_avx2(int t, int64_t hd, float scale, const float *q, int6
             }
         }
     }
-    for (int64_t i = 0; i < nq; i++) {
-        float *oi = out + (size_t)(i / heads) * out_row_stride + (size_t)(i % heads) * hd;
-        if (l[i] == 0) { memset(oi, 0, (size_t)hd * sizeof(float)); lse[i] = -INFINITY; continue; }
-        const float inv = 1.0f / l[i];
-        for (int64_t k = 0; k < hd; k++) oi[k] = acc[i * hd + k] * inv;
-        lse[i] = m[i] + logf(l[i]);
-    }
+    finish(hd, nq, heads, acc, m, l, out, out_row_stride, lse);
 }
 #endif
 
