@@ -10,6 +10,15 @@ import CKernels
 public enum KVStorage: String, Sendable {
     case f32, f16, q8_0
 
+    /// The element type as the C kernels name it (TERN_F32, TERN_F16, TERN_Q8_0).
+    public var kernelType: Int32 {
+        switch self {
+        case .f32: return Int32(TERN_F32)
+        case .f16: return Int32(TERN_F16)
+        case .q8_0: return Int32(TERN_Q8_0)
+        }
+    }
+
     /// Bytes of one stored row of `width` values.
     public func rowBytes(_ width: Int) -> Int {
         switch self {

@@ -51,7 +51,12 @@ public final class PagedKVMemory: KVMemory {
         max(0, count - tables[group].releasedPrefix * pool.blockSize)
     }
 
-    private var writableUpTo: Int { tables.map(\.writableUpTo).min() ?? 0 }
+    /// Positions every group may write (the least over the tables; runs on every commit, so no array is built).
+    private var writableUpTo: Int {
+        var w = Int.max
+        for t in tables { w = min(w, t.writableUpTo) }
+        return tables.isEmpty ? 0 : w
+    }
 
     /// Blocks still needed to absorb `n` more tokens (including copies of shared last blocks).
     public func blocksNeeded(for n: Int) -> Int {
@@ -153,7 +158,7 @@ public final class PagedKVMemory: KVMemory {
     }
 
     /// Records the tokens whose K/V were just committed and publishes blocks that became full.
-    public func appendTokens(_ new: [Int32]) {
+    public func appendTokens<C: Collection<Int32>>(_ new: C) {
         tokens.append(contentsOf: new)
         let bs = pool.blockSize
         while (hashes.count + 1) * bs <= min(tokens.count, count) {

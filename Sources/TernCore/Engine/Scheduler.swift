@@ -38,6 +38,12 @@ struct SchedulerOutput {
     /// Estimated cost of the step's chunks (Scheduler.cost).
     var cost = 0.0
     var tokenCount: Int { chunks.reduce(0) { $0 + $1.count } }
+
+    /// Adds `n` tokens of `s` from what it has computed, with their estimated cost.
+    mutating func add(_ s: SequenceState, count n: Int, sample: Bool) {
+        chunks.append(ScheduledChunk(sequence: s, start: s.computed, count: n, sample: sample))
+        cost += Scheduler.cost(start: s.computed, count: n)
+    }
 }
 
 final class Scheduler {
@@ -107,8 +113,7 @@ final class Scheduler {
             let n = s.pending
             guard n > 0, n <= budget else { continue }
             guard ensureRoom(for: s, tokens: n, out: &out) else { continue }
-            out.chunks.append(ScheduledChunk(sequence: s, start: s.computed, count: n, sample: true))
-            out.cost += Self.cost(start: s.computed, count: n)
+            out.add(s, count: n, sample: true)
             budget -= n
         }
         // The cost budget: as many cost units as the step has tokens, so a step deep in a long prompt computes
@@ -121,8 +126,7 @@ final class Scheduler {
             let fit = max(Self.minimumChunk, Self.tokens(from: s.computed, within: room))
             let n = min(budget, s.pending, fit)
             guard n > 0, out.cost < costBudget, s.reserve(n) else { continue }
-            out.chunks.append(ScheduledChunk(sequence: s, start: s.computed, count: n, sample: n == s.pending))
-            out.cost += Self.cost(start: s.computed, count: n)
+            out.add(s, count: n, sample: n == s.pending)
             budget -= n
         }
         // 3. Preempted sequences come back before new requests start.
@@ -208,8 +212,7 @@ final class Scheduler {
         let n = min(budget, s.pending, fit)
         guard s.reserve(n) else { return false }
         addRunning(s)
-        out.chunks.append(ScheduledChunk(sequence: s, start: s.computed, count: n, sample: n == s.pending))
-        out.cost += Self.cost(start: s.computed, count: n)
+        out.add(s, count: n, sample: n == s.pending)
         budget -= n
         return true
     }
@@ -253,7 +256,7 @@ final class Scheduler {
         for c in output.chunks {
             let s = c.sequence
             s.computed = c.start + c.count
-            s.paged?.appendTokens(Array(s.tokens[c.start..<(c.start + c.count)]))
+            s.paged?.appendTokens(s.tokens[c.start..<(c.start + c.count)])
         }
     }
 

@@ -113,7 +113,7 @@ struct AttentionPlan {
             row0 = end
         }
         // Flash-decoding: few tasks over a long context leave threads idle; split each task's keys.
-        let longest = tasks.map { $0.keyHigh }.max() ?? 0
+        let longest = tasks.reduce(0) { max($0, $1.keyHigh) }
         guard relayGroups.isEmpty, threads > 1, tasks.count < 2 * threads, longest >= 512 else { return }
         let parts = threads * ((2 + tasks.count - 1) / tasks.count)
         guard tasks.count * parts <= maxParts else { return }
@@ -281,13 +281,10 @@ enum Attention {
         }
     }
 
+    /// The kernels' element type and the byte offset of a KV head's slice in a stored row.
     @inline(__always)
     static func kvSlice(_ storage: KVStorage, kvHead: Int, hd: Int) -> (Int32, Int) {
-        switch storage {
-        case .f32: return (Int32(TERN_F32), kvHead * hd * 4)
-        case .f16: return (Int32(TERN_F16), kvHead * hd * 2)
-        case .q8_0: return (Int32(TERN_Q8_0), kvHead * hd / 32 * 34)
-        }
+        (storage.kernelType, kvHead * storage.rowBytes(hd))
     }
 
     /// The two-pass kernel, row by row, adding the last row's weights to the item's sink.
