@@ -168,13 +168,6 @@ public final class KVBlockPool {
         group == 0 ? hash : (hash ^ (UInt64(group) &* 0x9E37_79B9_7F4A_7C15)) &* 0x1000_0000_01b3
     }
 
-    /// Finds a cached block by hash and takes a reference to it.
-    func lookup(hash: UInt64) -> Int32? {
-        guard let b = blockByHash[hash] else { return nil }
-        retain(b)
-        return b
-    }
-
     /// Whether a block with this content hash (first cache group) is in the prefix cache.
     func isCached(hash: UInt64) -> Bool { blockByHash[hash] != nil }
 

@@ -237,9 +237,7 @@ public struct Sampler {
     /// Processes the row in place and draws the next token from it.
     public mutating func sample(logits: UnsafeMutablePointer<Float>, count n: Int) -> Int32 {
         process(logits: logits, count: n)
-        if parameters.temperature <= 0 { return Self.argmax(logits, n) }
-        let d = distribution(processedLogits: logits, count: n)
-        return draw(from: d)
+        return draw(from: distribution(processedLogits: logits, count: n))
     }
 
     public static func argmax(_ logits: UnsafePointer<Float>, _ n: Int) -> Int32 {

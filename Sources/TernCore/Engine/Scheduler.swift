@@ -37,7 +37,6 @@ struct SchedulerOutput {
     var preemptions = 0
     /// Estimated cost of the step's chunks (Scheduler.cost).
     var cost = 0.0
-    var tokenCount: Int { chunks.reduce(0) { $0 + $1.count } }
 
     /// Adds `n` tokens of `s` from what it has computed, with their estimated cost.
     mutating func add(_ s: SequenceState, count n: Int, sample: Bool) {
@@ -80,7 +79,6 @@ final class Scheduler {
     /// In admission order (the youngest last).
     private(set) var running: [SequenceState] = []
     private(set) var preempted = Deque<SequenceState>()
-    private var admissionCounter = 0
 
     init(limits: Limits, pool: KVBlockPool?, tokenizer: Tokenizer, makeMemory: @escaping () -> SequenceMemory) {
         self.limits = limits
@@ -95,8 +93,6 @@ final class Scheduler {
 
     /// Adds a sequence created outside scheduling (a forked choice) as the youngest.
     func addRunning(_ s: SequenceState) {
-        admissionCounter += 1
-        s.admission = admissionCounter
         running.append(s)
     }
 
@@ -270,15 +266,5 @@ final class Scheduler {
         if let i = waiting.firstIndex(where: { $0 === r }) { waiting.remove(at: i) }
         running.removeAll { $0.request === r }
         preempted.removeAll { $0.request === r }
-    }
-
-    /// Every request the scheduler knows of.
-    var allRequests: [RequestState] {
-        var seen = Set<ObjectIdentifier>()
-        var out: [RequestState] = []
-        for r in waiting where seen.insert(ObjectIdentifier(r)).inserted { out.append(r) }
-        for s in running where seen.insert(ObjectIdentifier(s.request)).inserted { out.append(s.request) }
-        for s in preempted where seen.insert(ObjectIdentifier(s.request)).inserted { out.append(s.request) }
-        return out
     }
 }

@@ -63,15 +63,12 @@ final class SequenceState {
     var reported = false
     /// The end-of-generation or stop token that ended it, if one did (not part of the output).
     var stopToken: Int32?
-    /// Admission order; the youngest sequence is preempted first.
-    var admission = 0
     var lastTokenAt: Date?
     var promptLogprobs: [TokenLogprob?] = []
     /// A private copy of a logits row when siblings share one (allocated on first use).
     private var scratch: UnsafeMutablePointer<Float>?
 
     var generatedCount: Int { tokens.count - promptCount }
-    var generated: ArraySlice<Int32> { tokens[promptCount...] }
     /// Tokens known but not yet computed.
     var pending: Int { tokens.count - computed }
 

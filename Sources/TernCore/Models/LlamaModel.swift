@@ -180,7 +180,7 @@ public final class LlamaModel: LanguageModel {
                                    sinks: batch.map(\.scoreSink))
         ws.attentionPlan.plan(items: batch.count, lastRowOfItem: ws.lastRowOfItem, rowPosition: ws.rowPosition,
                               kvHeads: cfg.kvHeadCount, threads: ws.pool.threadCount, maxParts: ws.maxParts,
-                              memories: memories, sinks: batch.map(\.scoreSink), relay: ws.relayEnabled)
+                              memories: memories, sinks: ws.attentionMetadata.sinks, relay: ws.relayEnabled)
         let pool = ws.pool
         let x = ws.x, xn = ws.xn, q = ws.q, k = ws.k, v = ws.v, att = ws.attention, tmp = ws.tmp
         let gate = ws.gate, up = ws.up, qa = ws.quantized

@@ -18,7 +18,7 @@ public final class LlamaWorkspace: ModelWorkspace {
     /// One attention-score row per worker thread, as long as the longest context.
     let scores: UnsafeMutablePointer<Float>
     let scoreStride: Int
-    /// Log-sum-exp of each query of one task, per worker thread.
+    /// Log-sum-exp of each query of one task (at most a row tile × the group's query heads), per worker thread.
     let lse: UnsafeMutablePointer<Float>
     let lseStride: Int
     /// The tiled kernel's scratch, per worker thread.
@@ -68,7 +68,7 @@ public final class LlamaWorkspace: ModelWorkspace {
         scoreStride = max(1, maxContext)
         scores = buffer(scoreStride * pool.threadCount)
         let group = c.headCount / max(1, c.kvHeadCount)
-        lseStride = AttentionPlan.rowTile * max(c.headCount, group)
+        lseStride = AttentionPlan.rowTile * group
         lse = buffer(lseStride * pool.threadCount)
         attentionWorkStride = tern_attn_tiled_work_floats(Int64(c.headDim), Int64(AttentionPlan.rowTile * group))
         attentionWork = buffer(attentionWorkStride * pool.threadCount)
