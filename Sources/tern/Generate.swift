@@ -12,7 +12,7 @@ struct GenerateCommand: ParsableCommand, EnvironmentReadable {
         .value("model"), .value("prompt"), .value("max-tokens"), .value("temperature"), .value("top-k"), .value("top-p"),
         .value("min-p"), .value("seed"), .value("repeat-penalty"), .value("presence-penalty"), .value("frequency-penalty"),
         .value("stop"), .value("system"), .value("ctx-size"), .value("threads"), .flag("chat"), .flag("ignore-eos"),
-    ]
+    ] + SpeculationOptions.environmentOptions
 
     @Option(parsing: .unconditional, help: .tern("GGUF file or Hugging Face directory.", env: "model", valueName: "path"))
     var model = defaultModelPath
@@ -53,9 +53,12 @@ struct GenerateCommand: ParsableCommand, EnvironmentReadable {
                       env: "ignore-eos", default: "off"))
     var ignoreEos = false
 
+    @OptionGroup var speculation: SpeculationOptions
+
     func run() throws {
         // The argument is always from the command line, --prompt may be from TERN_PROMPT: the argument wins.
         guard let prompt = promptArgument ?? prompt else { throw UsageError("generate needs --prompt TEXT") }
+        let speculationConfig = try speculation.configuration()
         let (loaded, _) = try loadModel(model)
         var sampling = SamplingParameters(temperature: temperature)
         sampling.topK = try atLeast(topK, 0, "top-k")
@@ -79,17 +82,22 @@ struct GenerateCommand: ParsableCommand, EnvironmentReadable {
         }
         let request = GenerationRequest(promptTokens: tokens, maxTokens: try atLeast(maxTokens, 0, "max-tokens"),
                                         sampling: sampling, stopStrings: stop.map { [$0] } ?? [], ignoreEOS: ignoreEos)
-        let generator = TextGenerator(loaded: loaded, contextLength: ctx, threads: try threadCount(threads))
+        let generator = TextGenerator(loaded: loaded, contextLength: ctx, threads: try threadCount(threads), speculation: speculationConfig)
         let result = try generator.generate(request) { piece in
             FileHandle.standardOutput.write(Data(piece.utf8))
             return true
         }
         FileHandle.standardOutput.write(Data("\n".utf8))
         let gen = result.tokens.count
+        if result.draftedTokens > 0 {
+            info(String(format: "speculation: %d tokens drafted, %d accepted (%.0f%%)", result.draftedTokens, result.acceptedDraftTokens,
+                        100 * Double(result.acceptedDraftTokens) / Double(result.draftedTokens)))
+        }
         info(String(format: "prompt: %d tokens in %.3f s (%.1f tokens/s); generated: %d tokens in %.3f s (%.1f tokens/s); finish: %@",
                     result.promptTokenCount, result.promptSeconds, Double(result.promptTokenCount) / max(result.promptSeconds, 1e-9),
                     gen, result.generationSeconds, Double(max(gen - 1, 0)) / max(result.generationSeconds, 1e-9),
                     result.finishReason.rawValue))
+
     }
 }
 

@@ -22,7 +22,7 @@ struct ServeCommand: ParsableCommand, EnvironmentReadable {
         .value("kv-type"), .value("max-batch-tokens"), .value("max-running"), .value("cors-origin"),
         .value("served-model-name"), .value("max-body-mib"), .value("drain-timeout"), .flag("no-prefix-caching"),
         .value("relay"),
-    ]
+    ] + SpeculationOptions.environmentOptions
 
     @Option(parsing: .unconditional, help: .tern("GGUF file or Hugging Face directory.", env: "model", valueName: "path"))
     var model = defaultModelPath
@@ -72,6 +72,7 @@ struct ServeCommand: ParsableCommand, EnvironmentReadable {
         "RelayAttention: decoding requests that share prompt-prefix blocks read that prefix once per step (on or off).",
         env: "relay", valueName: "on|off"))
     var relay = "on"
+    @OptionGroup var speculation: SpeculationOptions
 
     func run() throws {
         try serve(self)
@@ -104,6 +105,7 @@ func serve(_ o: ServeCommand) throws {
     let kvMiB = try atLeast(o.kvCacheMib ?? min(2048, (physical / 4) >> 20), 1, "kv-cache-mib")
     let prefixCaching = !o.noPrefixCaching
     guard o.relay == "on" || o.relay == "off" else { throw UsageError("--relay must be on or off, got '\(o.relay)'") }
+    let speculation = try o.speculation.configuration()
     let apiKeys = o.apiKey
 
     LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
@@ -145,6 +147,7 @@ func serve(_ o: ServeCommand) throws {
     config.maxQueue = maxQueue
     config.prefixCaching = prefixCaching
     config.relay = o.relay == "on"
+    config.speculation = speculation
     let engine = try Engine(loaded: loaded, configuration: config)
     engine.start()
     engineBox.engine = engine

@@ -26,6 +26,9 @@ public final class PagedKVMemory: KVMemory {
     public private(set) var tokens: [Int32] = []
     /// Hash of each full block, in order (the same for every group; the pool keys it by group).
     private var hashes: [UInt64] = []
+    /// Rows a window group keeps beyond its window, so that rolling back this many rows (rejected speculative
+    /// tokens) never needs a row already handed back.
+    public var windowSlack = 0
 
     public var layerCount: Int { layout.layerCount }
     public var rowWidth: Int { pool.rowWidth }
@@ -147,7 +150,7 @@ public final class PagedKVMemory: KVMemory {
         let bs = pool.blockSize
         for g in tables.indices {
             guard let w = layout.groups[g].window else { continue }
-            let firstNeeded = count - w + 1
+            let firstNeeded = count - w + 1 - windowSlack
             while (tables[g].releasedPrefix + 1) * bs <= firstNeeded && tables[g].releasedPrefix < tables[g].blocks.count {
                 let i = tables[g].releasedPrefix
                 pool.release(tables[g].blocks[i])

@@ -35,6 +35,8 @@ public final class Engine: @unchecked Sendable {
     private let scheduler: Scheduler
     private var liveRequests: [Int: RequestState] = [:]
     private var local = EngineMetrics()
+    /// Drafting policy and statistics; nil when speculation is off or the model cannot roll back (Mamba).
+    private let speculator: SpeculativeDecoder?
     /// Signalled when the loop has returned (stop joins on it).
     private let exited = DispatchSemaphore(value: 0)
     private var started = false
@@ -56,11 +58,18 @@ public final class Engine: @unchecked Sendable {
         workspace = loaded.model.makeWorkspace(maxTokens: configuration.maxBatchTokens, maxContext: configuration.contextLength,
                                                pool: WorkerPool(threads: configuration.threads))
         workspace.relayEnabled = configuration.relay && loaded.llama != nil
+        let speculates = configuration.speculation.mode != .off && configuration.speculation.maxDraft > 0 && kvPool != nil
+        speculator = speculates ? SpeculativeDecoder(configuration: configuration.speculation) : nil
         let pool = kvPool, layout = loaded.llama?.cacheLayout, model = loaded.model, context = configuration.contextLength
+        let slack = speculates ? configuration.speculation.maxDraft : 0
         scheduler = Scheduler(limits: .init(maxBatchTokens: configuration.maxBatchTokens, maxRunning: configuration.maxRunning,
                                             prefixCaching: configuration.prefixCaching),
                               pool: kvPool, tokenizer: loaded.tokenizer) {
-            if let pool { return PagedKVMemory(pool: pool, capacity: context, layout: layout) }
+            if let pool {
+                let memory = PagedKVMemory(pool: pool, capacity: context, layout: layout)
+                memory.windowSlack = slack
+                return memory
+            }
             return model.makeMemory(capacity: context)
         }
         local.kvBlocksTotal = kvPool?.blockCount ?? 0
@@ -190,6 +199,7 @@ public final class Engine: @unchecked Sendable {
         for s in scheduler.running where !s.finished { ids.insert(s.request.id) }
         for s in scheduler.preempted { ids.insert(s.request.id) }
         local.requestsRunning = ids.count
+        if let spec = speculator { local.speculation = spec.metrics }
         if let pool = kvPool {
             local.kvBlocksUsed = pool.usedBlocks
             local.prefixCacheQueries = pool.prefixQueries
@@ -202,6 +212,7 @@ public final class Engine: @unchecked Sendable {
     }
 
     private func step() {
+        if let spec = speculator { prepareDrafts(spec) }
         let plan = scheduler.schedule()
         local.preemptions += plan.preemptions
         let now = Date()
@@ -235,10 +246,11 @@ public final class Engine: @unchecked Sendable {
         for c in plan.chunks {
             let s = c.sequence
             let wantAll = s.request.request.promptLogprobs && s.choice == 0 && !s.promptDone
-            let rows = wantAll ? 0..<c.count : (c.sample ? (c.count - 1)..<c.count : 0..<0)
-            items.append(ForwardItem(tokens: Array(s.tokens[c.start..<(c.start + c.count)]), memory: s.memory, logitRows: rows))
+            let rows = wantAll ? 0..<c.count : (c.sample ? (c.count - 1)..<(c.count + c.draft.count) : 0..<0)
+            items.append(ForwardItem(tokens: Array(s.tokens[c.start..<(c.start + c.count)]) + c.draft, memory: s.memory, logitRows: rows))
         }
         let logits: UnsafeMutablePointer<Float>
+        let forwardStart = DispatchTime.now().uptimeNanoseconds
         do {
             logits = try loaded.model.forward(items, workspace: workspace)
         } catch {
@@ -251,6 +263,7 @@ public final class Engine: @unchecked Sendable {
         }
         scheduler.didCompute(plan)
         let attention = workspace.attentionStats
+        if let spec = speculator { spec.observeStep(tokens: plan.tokenCount, seconds: Double(DispatchTime.now().uptimeNanoseconds - forwardStart) / 1e9) }
         local.relayGroups = attention.relayGroups
         local.relayPrefixTokensRead += attention.relayPrefixTokensRead
         local.relayPrefixTokensPerSequence += attention.relayPrefixTokensPerSequence
@@ -262,11 +275,15 @@ public final class Engine: @unchecked Sendable {
         for (k, c) in plan.chunks.enumerated() {
             let s = c.sequence
             let rows = items[k].logitRows
-            if rows.count > 1 || (rows.count == 1 && !c.sample) {
+            if c.draft.isEmpty && (rows.count > 1 || (rows.count == 1 && !c.sample)) {
                 s.collectPromptLogprobs(logits: logits + row * vocab, rows: rows, start: c.start, vocab: vocab)
             }
             row += rows.count
             guard c.sample, !s.finished else { continue }
+            if !c.draft.isEmpty {
+                verify(s, chunk: c, rows: logits + (row - rows.count) * vocab, vocab: vocab, now: now)
+                continue
+            }
             if !s.promptDone {
                 s.promptDone = true
                 if s.request.request.promptLogprobs && s.choice == 0 {
@@ -292,7 +309,77 @@ public final class Engine: @unchecked Sendable {
         scheduler.compact()
     }
 
-    private func sample(_ s: SequenceState, logits: UnsafeMutablePointer<Float>, vocab: Int, copy: Bool, now: Date) {
+    // MARK: speculation
+
+    /// Proposes drafts for the decoding sequences before the scheduler sizes the step.
+    private func prepareDrafts(_ spec: SpeculativeDecoder) {
+        var decoding: [SequenceState] = []
+        var other = 0
+        for s in scheduler.running where !s.finished {
+            if s.promptDone && s.pending == 1 { decoding.append(s) } else if !s.promptDone { other += s.pending }
+        }
+        guard !decoding.isEmpty else { return }
+        // Prompts about to start fill the step with prefill: drafts would only take its room.
+        if !scheduler.waiting.isEmpty || !scheduler.preempted.isEmpty { other = configuration.maxBatchTokens }
+        other = min(other, configuration.maxBatchTokens - decoding.count)
+        if configuration.speculation.adaptive && !spec.cost.isCalibrated && !spec.calibrationAttempted {
+            calibrate(spec, sample: decoding[0].tokens)
+        }
+        spec.prepareDrafts(decoding, otherTokens: other, budget: configuration.maxBatchTokens)
+    }
+
+    /// Times forward passes of the sizes speculation chooses between, on a scratch sequence, so the first
+    /// drafts are sized by measurement; real steps refine the table from then on.
+    private func calibrate(_ spec: SpeculativeDecoder, sample tokens: [Int32]) {
+        spec.calibrationAttempted = true
+        guard let pool = kvPool, !tokens.isEmpty else { return }
+        let memory = PagedKVMemory(pool: pool, capacity: configuration.contextLength, layout: loaded.llama?.cacheLayout)
+        defer { memory.releaseAll() }
+        for n in StepCostModel.calibrationSizes(maxDraft: configuration.speculation.maxDraft, maxTokens: configuration.maxBatchTokens) {
+            guard (try? memory.reserve(n)) != nil else { return }
+            let batch = (0..<n).map { tokens[$0 % tokens.count] }
+            // The faster of two runs: a one-off stall should not price a size out.
+            var best = Double.infinity
+            for _ in 0..<2 {
+                let t0 = DispatchTime.now().uptimeNanoseconds
+                guard (try? loaded.model.forward(tokens: batch, memory: memory, workspace: workspace, logitRows: 0..<n)) != nil else { return }
+                best = min(best, Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+                _ = memory.rollback(to: 0)
+            }
+            spec.calibrate(tokens: n, seconds: best)
+        }
+    }
+
+    /// Verification of a drafted chunk: row i of `rows` is the target's next-token row after the pending token
+    /// and draft[0..<i]. Each row draws a token exactly as a plain decode would (SpeculativeDecoder explains why
+    /// this is the exact accept/reject rule); the draft token is accepted while the draw equals it, and the first
+    /// draw that differs — or the draw after the whole draft — is the step's last token. Rejected rows' KV goes.
+    private func verify(_ s: SequenceState, chunk c: ScheduledChunk, rows: UnsafeMutablePointer<Float>, vocab: Int, now: Date) {
+        let base = c.start + c.count
+        var accepted = 0
+        for i in 0...c.draft.count {
+            let token = sample(s, logits: rows + i * vocab, vocab: vocab, copy: false, now: now)
+            guard !s.finished, i < c.draft.count, token == c.draft[i] else { break }
+            accepted += 1
+        }
+        speculator?.record(s, drafted: c.draft.count, accepted: accepted)
+        guard !s.finished else { return }
+        s.computed = base + accepted
+        if s.memory.rollback(to: s.computed) {
+            s.paged?.appendTokens(s.tokens[base..<s.computed])
+        } else {
+            // A window group already handed back rows the rollback needs: recompute the sequence, as after a
+            // preemption (windowSlack makes this unreachable for drafts up to maxDraft).
+            s.release()
+            s.promptDone = false
+        }
+    }
+
+    // MARK: sampling
+
+    /// Draws the next token of `s` from its logits row and emits it (or ends the sequence); returns the token.
+    @discardableResult
+    private func sample(_ s: SequenceState, logits: UnsafeMutablePointer<Float>, vocab: Int, copy: Bool, now: Date) -> Int32 {
         let r = s.request
         var row = logits
         if copy || r.request.logprobs != nil {
@@ -310,7 +397,7 @@ public final class Engine: @unchecked Sendable {
         }
         if r.request.stopTokens.contains(token) || (!r.request.ignoreEOS && loaded.tokenizer.isEndOfGeneration(token)) {
             finishSequence(s, reason: .stop, now: now, stopToken: token)
-            return
+            return token
         }
         s.sampler.accept(token)
         s.appendOutput(token)
@@ -325,9 +412,10 @@ public final class Engine: @unchecked Sendable {
         r.onEvent(.token(choice: s.choice, token: token, text: text, logprob: logprob))
         if s.stops.stopped {
             finishSequence(s, reason: .stop, now: now)
-        } else if s.generatedCount >= r.request.maxTokens || s.memory.count + 1 >= s.memory.capacity {
+        } else if s.generatedCount >= r.request.maxTokens || s.tokens.count >= s.memory.capacity {
             finishSequence(s, reason: .length, now: now)
         }
+        return token
     }
 
     private func finishSequence(_ s: SequenceState, reason: FinishReason, now: Date, stopToken: Int32? = nil) {
@@ -343,8 +431,18 @@ public final class Engine: @unchecked Sendable {
         r.finishedChoices += 1
         if r.finishedChoices == r.request.n || (r.request.maxTokens == 0 && s.choice == 0) {
             let completion = r.sequences.reduce(0) { $0 + $1.generatedCount }
-            r.onEvent(.completed(EngineUsage(promptTokens: r.request.promptTokens.count, cachedPromptTokens: r.cachedTokens,
-                                             completionTokens: completion, stopTokens: r.sequences.map(\.stopToken))))
+            var usage = EngineUsage(promptTokens: r.request.promptTokens.count, cachedPromptTokens: r.cachedTokens,
+                                    completionTokens: completion, stopTokens: r.sequences.map(\.stopToken))
+            for seq in r.sequences {
+                usage.draftedTokens += seq.speculation.drafted
+                usage.acceptedDraftTokens += seq.speculation.accepted
+            }
+            for seq in r.sequences {
+                guard let cursor = seq.speculation.prediction else { continue }
+                usage.acceptedPredictionTokens += cursor.matched
+                usage.rejectedPredictionTokens += cursor.tokens.count - cursor.matched
+            }
+            r.onEvent(.completed(usage))
             local.requestLatency.observe(now.timeIntervalSince(r.submittedAt))
             local.requestsFinished += 1
             r.done = true

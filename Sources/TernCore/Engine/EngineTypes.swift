@@ -19,6 +19,8 @@ public struct EngineConfiguration: Sendable {
     public var prefixCaching: Bool = true
     /// RelayAttention for decoding sequences that share prefix blocks.
     public var relay: Bool = true
+    /// Speculative decoding (transformers only; Mamba's recurrent state cannot roll back rejected tokens).
+    public var speculation = SpeculationConfiguration()
 
     public init(threads: Int, contextLength: Int, kvCacheBytes: Int) {
         self.threads = threads
@@ -40,10 +42,14 @@ public struct EngineRequest: Sendable {
     public var logprobs: Int?
     /// Logprobs of the prompt's tokens (echo); the first token has none.
     public var promptLogprobs: Bool
+    /// OpenAI's predicted output, tokenized: text the answer is expected to repeat, used as a draft.
+    public var prediction: [Int32]?
+    /// false opts this request out of speculative decoding.
+    public var speculative: Bool
 
     public init(promptTokens: [Int32], maxTokens: Int, sampling: SamplingParameters = .greedy,
                 stopStrings: [String] = [], stopTokens: [Int32] = [], ignoreEOS: Bool = false, n: Int = 1,
-                logprobs: Int? = nil, promptLogprobs: Bool = false) {
+                logprobs: Int? = nil, promptLogprobs: Bool = false, prediction: [Int32]? = nil, speculative: Bool = true) {
         self.promptTokens = promptTokens
         self.maxTokens = maxTokens
         self.sampling = sampling
@@ -53,6 +59,8 @@ public struct EngineRequest: Sendable {
         self.n = n
         self.logprobs = logprobs
         self.promptLogprobs = promptLogprobs
+        self.prediction = prediction
+        self.speculative = speculative
     }
 }
 
@@ -69,6 +77,13 @@ public struct EngineUsage: Sendable {
     public var completionTokens: Int
     /// Per choice: the end-of-generation or stop token that ended it (not part of its output), if one did.
     public var stopTokens: [Int32?] = []
+    /// Predicted-output tokens the output followed, summed over choices, and the prediction's tokens it did not
+    /// (OpenAI's completion_tokens_details); 0 without a prediction.
+    public var acceptedPredictionTokens = 0
+    public var rejectedPredictionTokens = 0
+    /// Speculative tokens drafted for this request and accepted, summed over choices.
+    public var draftedTokens = 0
+    public var acceptedDraftTokens = 0
 }
 
 public enum EngineEvent: Sendable {
@@ -122,6 +137,7 @@ public struct EngineMetrics: Sendable {
     public var relayPrefixTokensRead = 0
     /// …and what the members would have read on their own.
     public var relayPrefixTokensPerSequence = 0
+    public var speculation = SpeculationMetrics()
     public var timeToFirstToken = Histogram(bounds: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30])
     public var interTokenLatency = Histogram(bounds: [0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28])
     public var requestLatency = Histogram(bounds: [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120])

@@ -17,12 +17,14 @@
 import DequeModule
 import Foundation
 
-/// Tokens of one sequence computed in a step: `tokens[start..<start+count]`, then sampled from if `sample`.
+/// Tokens of one sequence computed in a step: `tokens[start..<start+count]` followed by `draft` (speculated
+/// tokens to verify), then sampled from if `sample` (every draft row too).
 struct ScheduledChunk {
     let sequence: SequenceState
     let start: Int
     let count: Int
     let sample: Bool
+    var draft: [Int32] = []
 }
 
 /// What a step computes, and what the scheduler decided on the way.
@@ -38,11 +40,14 @@ struct SchedulerOutput {
     /// Estimated cost of the step's chunks (Scheduler.cost).
     var cost = 0.0
 
-    /// Adds `n` tokens of `s` from what it has computed, with their estimated cost.
-    mutating func add(_ s: SequenceState, count n: Int, sample: Bool) {
-        chunks.append(ScheduledChunk(sequence: s, start: s.computed, count: n, sample: sample))
-        cost += Scheduler.cost(start: s.computed, count: n)
+    /// Adds `n` tokens of `s` from what it has computed, and a draft after them, with their estimated cost.
+    mutating func add(_ s: SequenceState, count n: Int, sample: Bool, draft: [Int32] = []) {
+        chunks.append(ScheduledChunk(sequence: s, start: s.computed, count: n, sample: sample, draft: draft))
+        cost += Scheduler.cost(start: s.computed, count: n + draft.count)
     }
+
+    /// Tokens the step carries, drafts included.
+    var tokenCount: Int { chunks.reduce(0) { $0 + $1.count + $1.draft.count } }
 }
 
 final class Scheduler {
@@ -109,8 +114,14 @@ final class Scheduler {
             let n = s.pending
             guard n > 0, n <= budget else { continue }
             guard ensureRoom(for: s, tokens: n, out: &out) else { continue }
-            out.add(s, count: n, sample: true)
-            budget -= n
+            // A draft rides along when budget and free blocks allow; it never preempts anyone.
+            var draft = s.speculation.draft
+            if !draft.isEmpty && (n != 1 || n + draft.count > budget || !s.reserve(n + draft.count)) {
+                draft = []
+                s.speculation.draft = []
+            }
+            out.add(s, count: n, sample: true, draft: draft)
+            budget -= n + draft.count
         }
         // The cost budget: as many cost units as the step has tokens, so a step deep in a long prompt computes
         // fewer tokens and takes about as long as one near the start.

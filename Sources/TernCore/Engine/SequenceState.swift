@@ -1,7 +1,8 @@
 // A request as the engine thread tracks it, and each of its choices (sequences). A sequence counts tokens the
 // way the scheduler thinks (vLLM v1's num_computed_tokens): `tokens` is everything known (prompt, output, later
 // drafted tokens) and `computed` how many of them are in the sequence's memory. A step may compute any number of
-// the rest — a prefill chunk, one decode, or k+1 verification rows are the same thing.
+// the rest — a prefill chunk, one decode, or k+1 verification rows (the pending token and a draft kept apart in
+// `speculation.draft` until verification accepts part of it) are the same thing to the scheduler.
 
 import Foundation
 
@@ -65,6 +66,8 @@ final class SequenceState {
     var stopToken: Int32?
     var lastTokenAt: Date?
     var promptLogprobs: [TokenLogprob?] = []
+    /// Draft, acceptance rates and predicted-output cursor (used when the engine speculates).
+    var speculation: SequenceSpeculation
     /// A private copy of a logits row when siblings share one (allocated on first use).
     private var scratch: UnsafeMutablePointer<Float>?
 
@@ -84,6 +87,8 @@ final class SequenceState {
         stops = StopMatcher(stops: request.request.stopStrings)
         tokens = request.request.promptTokens
         promptCount = tokens.count
+        speculation = SequenceSpeculation(enabled: request.request.speculative,
+                                          prediction: request.request.prediction.map { PredictionCursor(tokens: $0) })
     }
 
     deinit { scratch?.deallocate() }
@@ -95,7 +100,10 @@ final class SequenceState {
         return p
     }
 
-    func appendOutput(_ token: Int32) { tokens.append(token) }
+    func appendOutput(_ token: Int32) {
+        tokens.append(token)
+        speculation.prediction?.advance(past: token)
+    }
 
     /// Makes room for `n` more tokens: KV blocks for paged memory, a capacity check for recurrent state.
     func reserve(_ n: Int) -> Bool {
@@ -119,6 +127,7 @@ final class SequenceState {
         f.tokens = tokens
         f.computed = computed
         f.promptDone = promptDone
+        f.speculation.prediction = speculation.prediction
         return f
     }
 

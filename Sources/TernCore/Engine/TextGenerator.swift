@@ -21,6 +21,9 @@ public struct GenerationResult: Sendable {
     public var promptTokenCount: Int
     public var promptSeconds: Double
     public var generationSeconds: Double
+    /// Speculative tokens drafted and accepted (0 without speculation).
+    public var draftedTokens = 0
+    public var acceptedDraftTokens = 0
 }
 
 public enum GenerationError: Error, CustomStringConvertible {
@@ -41,7 +44,10 @@ public final class TextGenerator {
     public let contextLength: Int
     private let engine: Engine
 
-    public init(loaded: LoadedModel, contextLength: Int, threads: Int, batchTokens: Int = 256) {
+    /// Speculation is off unless asked for: its verification rows are computed in a batch, so greedy ties could
+    /// break differently than in a plain decode.
+    public init(loaded: LoadedModel, contextLength: Int, threads: Int, batchTokens: Int = 256,
+                speculation: SpeculationConfiguration = SpeculationConfiguration(mode: .off)) {
         self.loaded = loaded
         self.contextLength = contextLength
         var config = EngineConfiguration(threads: threads, contextLength: contextLength, kvCacheBytes: 0)
@@ -49,9 +55,11 @@ public final class TextGenerator {
         config.maxBatchTokens = max(1, batchTokens)
         config.maxRunning = 1
         config.prefixCaching = false
+        config.speculation = speculation
         if let llama = loaded.llama {
-            // The whole context in f32 blocks, and one spare block.
-            let blocks = (contextLength + config.blockSize - 1) / config.blockSize + 1
+            // The whole context in f32 blocks, one spare block, and room for drafts and the step-cost calibration.
+            let extra = speculation.mode == .off ? 0 : (8 * (speculation.maxDraft + 1)) / config.blockSize + 2
+            let blocks = (contextLength + config.blockSize - 1) / config.blockSize + 1 + extra
             config.kvCacheBytes = blocks * config.blockSize * llama.config.layerCount * 2 * llama.kvDim * 4
         }
         // Sized from the model itself, so only a model the engine cannot serve at all fails here.
@@ -78,6 +86,7 @@ public final class TextGenerator {
         var stopToken: Int32?
         var firstTokenAt: Date?
         var cancelled = false
+        var drafted = 0, accepted = 0
         loop: while true {
             for event in mailbox.take() {
                 switch event {
@@ -99,6 +108,8 @@ public final class TextGenerator {
                     if !piece.isEmpty { _ = onText(piece) }
                 case .completed(let usage):
                     stopToken = usage.stopTokens.first ?? nil
+                    drafted = usage.draftedTokens
+                    accepted = usage.acceptedDraftTokens
                     break loop
                 case .failed(let message):
                     throw GenerationError.failed(message)
@@ -109,7 +120,8 @@ public final class TextGenerator {
         let t1 = firstTokenAt ?? t2
         return GenerationResult(text: text, tokens: tokens, finishReason: finish,
                                 stopToken: stopToken, promptTokenCount: req.promptTokens.count,
-                                promptSeconds: t1.timeIntervalSince(t0), generationSeconds: t2.timeIntervalSince(t1))
+                                promptSeconds: t1.timeIntervalSince(t0), generationSeconds: t2.timeIntervalSince(t1),
+                                draftedTokens: drafted, acceptedDraftTokens: accepted)
     }
 }
 

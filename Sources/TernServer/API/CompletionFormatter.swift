@@ -69,9 +69,14 @@ struct CompletionFormatter {
         let prompt = usage.reduce(0) { $0 + ($1?.promptTokens ?? 0) }
         let cached = usage.reduce(0) { $0 + ($1?.cachedPromptTokens ?? 0) }
         let completion = usage.reduce(0) { $0 + ($1?.completionTokens ?? 0) }
+        let accepted = usage.reduce(0) { $0 + ($1?.acceptedPredictionTokens ?? 0) }
+        let rejected = usage.reduce(0) { $0 + ($1?.rejectedPredictionTokens ?? 0) }
         return .object([("prompt_tokens", .int(Int64(prompt))), ("completion_tokens", .int(Int64(completion))),
                         ("total_tokens", .int(Int64(prompt + completion))),
-                        ("prompt_tokens_details", .object([("cached_tokens", .int(Int64(cached)))]))])
+                        ("prompt_tokens_details", .object([("cached_tokens", .int(Int64(cached)))])),
+                        ("completion_tokens_details", .object([("reasoning_tokens", .int(0)),
+                                                               ("accepted_prediction_tokens", .int(Int64(accepted))),
+                                                               ("rejected_prediction_tokens", .int(Int64(rejected)))]))])
     }
 
     /// The non-streamed body once every choice is done.

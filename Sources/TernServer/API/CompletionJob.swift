@@ -27,6 +27,7 @@ struct CompletionJob {
     /// Sequences one request may start (prompts × n): each holds KV blocks and a place in the batch.
     static let maxChoices = 128
     static let maxLogitBias = 1024
+    static let maxPredictionBytes = 1 << 20
 
     static func parse(_ body: Data, kind: Kind, model: LoadedModel, contextLength: Int, modelName: String) throws -> CompletionJob {
         let f = try RequestFields(body: body)
@@ -60,6 +61,8 @@ struct CompletionJob {
         sampling.logitBias = try logitBias(f, vocabularySize: model.model.vocabularySize)
         let ignoreEOS = try f.bool("ignore_eos", default: false)
         _ = try f.string("user")
+        let prediction = try predictedOutput(f, model: model)
+        let speculative = try f.bool("speculative", default: true)
 
         var logprobs: Int?
         var echo = false
@@ -117,7 +120,8 @@ struct CompletionJob {
             }
             requests.append(EngineRequest(promptTokens: p, maxTokens: count, sampling: sampling,
                                           stopStrings: stops, ignoreEOS: ignoreEOS, n: n,
-                                          logprobs: logprobs, promptLogprobs: echo && logprobs != nil))
+                                          logprobs: logprobs, promptLogprobs: echo && logprobs != nil,
+                                          prediction: prediction, speculative: speculative))
         }
         return CompletionJob(kind: kind, requests: requests, promptTexts: promptTexts, stream: stream,
                              includeUsage: includeUsage, echo: echo, logprobs: logprobs, n: n)
@@ -160,6 +164,35 @@ struct CompletionJob {
         default:
             throw APIError.invalid("prompt", "'prompt' must be a string, an array of strings, or token-id arrays")
         }
+    }
+
+    /// OpenAI's predicted outputs: `prediction: {"type": "content", "content": "…"}`, the content a string or an
+    /// array of text parts. Tokenized as plain text (no BOS, special-token text left as text).
+    static func predictedOutput(_ f: RequestFields, model: LoadedModel) throws -> [Int32]? {
+        guard let p = f["prediction"] else { return nil }
+        guard case .object = p else { throw APIError.invalid("prediction", "'prediction' must be an object like {\"type\": \"content\", \"content\": \"…\"}") }
+        guard case .string(let type)? = p["type"], type == "content" else {
+            throw APIError.invalid("prediction.type", "'prediction.type' must be \"content\"")
+        }
+        let text: String
+        switch p["content"] {
+        case .string(let s)?: text = s
+        case .array(let parts)?:
+            var joined = ""
+            for part in parts {
+                guard case .string("text")? = part["type"], case .string(let t)? = part["text"] else {
+                    throw APIError.invalid("prediction.content", "'prediction.content' parts must be {\"type\": \"text\", \"text\": \"…\"}")
+                }
+                joined += t
+            }
+            text = joined
+        default:
+            throw APIError.invalid("prediction.content", "'prediction.content' must be a string or an array of text parts")
+        }
+        guard text.utf8.count <= maxPredictionBytes else {
+            throw APIError.invalid("prediction.content", "'prediction.content' may be at most \(maxPredictionBytes) bytes")
+        }
+        return model.promptTokens(text: text, parseSpecial: false, addSpecial: false)
     }
 
     /// llama-server's fields for text prompts: `parse_special` (special-token text such as "<|im_start|>"

@@ -9,6 +9,10 @@ enum PrometheusExporter {
         func metric(_ name: String, _ type: String, _ help: String, _ value: Double) {
             out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n\(name) \(format(value))\n"
         }
+        func labelled(_ name: String, _ type: String, _ help: String, _ label: String, _ values: [Int]) {
+            out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
+            for (i, v) in values.enumerated() { out += "\(name){\(label)=\"\(i)\"} \(v)\n" }
+        }
         func histogram(_ name: String, _ help: String, _ h: Histogram) {
             out += "# HELP \(name) \(help)\n# TYPE \(name) histogram\n"
             for (b, c) in zip(h.bounds, h.counts) { out += "\(name)_bucket{le=\"\(format(b))\"} \(c)\n" }
@@ -37,8 +41,16 @@ enum PrometheusExporter {
         metric("tern_relay_prefix_tokens_read_total", "counter", "Shared-prefix positions RelayAttention read, once per group and step.", Double(m.relayPrefixTokensRead))
         metric("tern_relay_prefix_tokens_per_sequence_total", "counter", "Shared-prefix positions the relay groups' members would have read one by one.", Double(m.relayPrefixTokensPerSequence))
         metric("tern_engine_steps_total", "counter", "Engine steps (batched forward passes).", Double(m.steps))
-        metric("tern_spec_decode_draft_tokens_total", "counter", "Speculative tokens proposed (speculation is not enabled yet).", 0)
-        metric("tern_spec_decode_accepted_tokens_total", "counter", "Speculative tokens accepted.", 0)
+        let spec = m.speculation
+        metric("tern_spec_decode_draft_tokens_total", "counter", "Speculative tokens drafted and verified.", Double(spec.draftedTokens))
+        metric("tern_spec_decode_accepted_tokens_total", "counter", "Speculative tokens accepted.", Double(spec.acceptedTokens))
+        metric("tern_spec_decode_verifications_total", "counter", "Drafts verified (one per speculating sequence and step).", Double(spec.verifications))
+        metric("tern_spec_decode_acceptance_ratio", "gauge", "Share of drafted tokens accepted.",
+               spec.draftedTokens > 0 ? Double(spec.acceptedTokens) / Double(spec.draftedTokens) : 0)
+        labelled("tern_spec_decode_draft_tokens_by_position_total", "counter", "Tokens drafted at each draft position (0 = first).",
+                 "position", spec.draftedByPosition)
+        labelled("tern_spec_decode_accepted_tokens_by_position_total", "counter", "Tokens accepted at each draft position (0 = first).",
+                 "position", spec.acceptedByPosition)
         histogram("tern_time_to_first_token_seconds", "Time from request arrival to its first token.", m.timeToFirstToken)
         histogram("tern_inter_token_latency_seconds", "Time between consecutive tokens of a sequence.", m.interTokenLatency)
         histogram("tern_request_latency_seconds", "Time from arrival to completion.", m.requestLatency)
