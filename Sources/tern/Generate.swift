@@ -82,7 +82,9 @@ struct GenerateCommand: ParsableCommand, EnvironmentReadable {
         }
         let request = GenerationRequest(promptTokens: tokens, maxTokens: try atLeast(maxTokens, 0, "max-tokens"),
                                         sampling: sampling, stopStrings: stop.map { [$0] } ?? [], ignoreEOS: ignoreEos)
-        let generator = TextGenerator(loaded: loaded, contextLength: ctx, threads: try threadCount(threads), speculation: speculationConfig)
+        let draft = try speculation.draftModel.map { try loadModel($0).0 }
+        let generator = try TextGenerator(loaded: loaded, contextLength: ctx, threads: try threadCount(threads),
+                                          speculation: speculationConfig, draft: draft)
         let result = try generator.generate(request) { piece in
             FileHandle.standardOutput.write(Data(piece.utf8))
             return true

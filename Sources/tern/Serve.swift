@@ -138,6 +138,16 @@ func serve(_ o: ServeCommand) throws {
         server.shutdown(timeout: 1)
         throw error
     }
+    var draft: LoadedModel?
+    if let draftPath = o.speculation.draftModel {
+        do {
+            draft = try loadModel(draftPath).0
+        } catch {
+            api.failedToLoad("draft model: \(error)")
+            server.shutdown(timeout: 1)
+            throw error
+        }
+    }
     let ctx = try atLeast(o.ctxSize ?? min(loaded.model.trainedContextLength, 8192), 16, "ctx-size")
     var config = EngineConfiguration(threads: threadCount, contextLength: ctx, kvCacheBytes: kvMiB << 20)
     config.blockSize = blockSize
@@ -148,7 +158,14 @@ func serve(_ o: ServeCommand) throws {
     config.prefixCaching = prefixCaching
     config.relay = o.relay == "on"
     config.speculation = speculation
-    let engine = try Engine(loaded: loaded, configuration: config)
+    let engine: Engine
+    do {
+        engine = try Engine(loaded: loaded, configuration: config, draft: draft)
+    } catch {
+        api.failedToLoad("\(error)")
+        server.shutdown(timeout: 1)
+        throw error
+    }
     engine.start()
     engineBox.engine = engine
     api.ready(engine: engine)

@@ -81,6 +81,31 @@ final class CLITests: XCTestCase {
         }
     }
 
+    /// Speculation flags: bad values name their option (or variable); a draft model with another vocabulary
+    /// fails naming its file; greedy output is the same with and without speculation.
+    func testSpeculationFlags() throws {
+        let model = try TestPaths.requireDefaultModel()
+        let tiny = TestPaths.fixture("llama/llama-f32.gguf")
+        for (args, env, needle) in [(["--spec", "sometimes"], [String: String](), "--spec"), ([], ["TERN_SPEC": "maybe"], "--spec"),
+                                    (["--spec", "draft"], [:], "--draft-model"), (["--spec-ngram-min", "0"], [:], "--spec-ngram-min"),
+                                    (["--spec-adaptive", "perhaps"], [:], "--spec-adaptive")] {
+            let r = try tern(["generate", "--model", tiny, "--prompt", "hi", "--max-tokens", "2"] + args, env: env)
+            XCTAssertNotEqual(r.status, 0, "\(args) \(env)")
+            XCTAssertTrue(r.stderr.contains(needle), r.stderr)
+        }
+        let mismatch = try tern(["generate", "--model", tiny, "--prompt", "hi", "--max-tokens", "2", "--draft-model", model])
+        XCTAssertEqual(mismatch.status, 1, mismatch.stderr)
+        XCTAssertTrue(mismatch.stderr.contains("SmolLM2") && mismatch.stderr.contains("vocabulary"), mismatch.stderr)
+        let prompt = "Repeat exactly: the cat sat on the mat, the dog sat on the log, the cat sat on the mat."
+        var outputs: [String] = []
+        for spec in ["off", "ngram", "auto"] {
+            let r = try tern(["generate", "--model", model, "--prompt", prompt, "--temperature", "0", "--max-tokens", "48", "--spec", spec])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            outputs.append(r.stdout)
+        }
+        XCTAssertEqual(Set(outputs).count, 1, "\(outputs)")
+    }
+
     func testUnknownOptionErrorNamesIt() throws {
         let r = try tern(["generate", "--no-such-option", "1"])
         XCTAssertNotEqual(r.status, 0)

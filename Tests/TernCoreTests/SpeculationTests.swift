@@ -259,6 +259,47 @@ final class SpeculationTests: XCTestCase {
         assertFollows(thirds, p3, "third token after the draft's first")
     }
 
+    /// A draft model proposes; outputs stay exactly the plain engine's. The tiny checkpoint drafts for itself
+    /// (a perfect draft up to rounding) and its Q4_0 copy for the f32 original (an imperfect one).
+    func testDraftModelProposalsKeepGreedyOutputsExact() throws {
+        let target = try LoadedModel(path: TestPaths.fixture("llama/llama-f32.gguf"))
+        let prompts = EngineTests.prompts(count: 4, length: { 8 + 5 * $0 }).map {
+            EngineRequest(promptTokens: $0, maxTokens: 40, ignoreEOS: true)
+        }
+        let plain = try makeEngine(target, speculation: SpeculationConfiguration(mode: .off), context: 128, blockSize: 4)
+        let expected = try run(plain, prompts).map { $0.tokens[0] ?? [] }
+        plain.stop()
+        for (draftPath, minimumAcceptance) in [("llama/llama-f32.gguf", 0.9), ("llama/llama-q4_0.gguf", 0.2)] {
+            let draft = try LoadedModel(path: TestPaths.fixture(draftPath))
+            var config = EngineConfiguration(threads: 2, contextLength: 128, kvCacheBytes: 16 << 20)
+            config.blockSize = 4
+            config.kvStorage = .f32
+            config.speculation = SpeculationConfiguration(mode: .draft)
+            config.speculation.adaptive = false
+            config.speculation.maxDraft = 4
+            let e = try Engine(loaded: target, configuration: config, draft: draft)
+            e.start()
+            XCTAssertEqual(try run(e, prompts).map { $0.tokens[0] ?? [] }, expected, draftPath)
+            XCTAssertEqual(try run(e, [prompts[2]])[0].tokens[0] ?? [], expected[2], "\(draftPath), alone")
+            let m = e.metrics().speculation
+            XCTAssertGreaterThan(m.draftedTokens, 0)
+            XCTAssertGreaterThanOrEqual(Double(m.acceptedTokens) / Double(m.draftedTokens), minimumAcceptance, draftPath)
+            XCTAssertTrue(e.waitUntilIdle(timeout: 10))
+            XCTAssertEqual(e.pool.usedBlocks, 0)
+            e.stop()
+        }
+    }
+
+    func testDraftModelMustShareTheServedModelsVocabulary() throws {
+        let tiny = try LoadedModel(path: TestPaths.fixture("llama/llama-f32.gguf"))
+        let smol = try LoadedModel(path: try TestPaths.requireDefaultModel())
+        let config = EngineConfiguration(threads: 1, contextLength: 64, kvCacheBytes: 4 << 20)
+        XCTAssertThrowsError(try Engine(loaded: tiny, configuration: config, draft: smol)) { error in
+            let text = "\(error)"
+            XCTAssertTrue(text.contains("vocabulary") && text.contains("SmolLM2"), text)
+        }
+    }
+
     /// Pearson's chi-square of observed counts against probabilities, bins with expected count < 5 merged;
     /// fails beyond the 0.1% critical value (Wilson–Hilferty approximation).
     func assertFollows(_ counts: [Int], _ p: [Double], _ what: String, file: StaticString = #filePath, line: UInt = #line) {

@@ -43,7 +43,8 @@ public final class Engine: @unchecked Sendable {
 
     public typealias EventHandler = @Sendable (EngineEvent) -> Void
 
-    public init(loaded: LoadedModel, configuration: EngineConfiguration) throws {
+    /// `draft`: a draft model for speculative decoding (same vocabulary; checked here).
+    public init(loaded: LoadedModel, configuration: EngineConfiguration, draft: LoadedModel? = nil) throws {
         self.loaded = loaded
         self.configuration = configuration
         if let llama = loaded.llama {
@@ -59,7 +60,18 @@ public final class Engine: @unchecked Sendable {
                                                pool: WorkerPool(threads: configuration.threads))
         workspace.relayEnabled = configuration.relay && loaded.llama != nil
         let speculates = configuration.speculation.mode != .off && configuration.speculation.maxDraft > 0 && kvPool != nil
-        speculator = speculates ? SpeculativeDecoder(configuration: configuration.speculation) : nil
+        var draftRunner: DraftModelRunner?
+        if let draft {
+            guard let target = loaded.llama else {
+                throw CheckpointError(file: loaded.checkpoint.path, "a draft model needs a transformer to draft for; '\(loaded.model.architecture)' keeps a recurrent state, which cannot roll back rejected tokens")
+            }
+            // The draft's KV store in proportion to its per-token KV size (at least 16 MiB; mapped lazily).
+            let ratio = draft.llama.map { Double($0.config.layerCount * $0.kvDim) / Double(target.config.layerCount * target.kvDim) } ?? 1
+            draftRunner = try DraftModelRunner(draft: draft, target: loaded, contextLength: configuration.contextLength,
+                                               kvBytes: max(16 << 20, Int(Double(configuration.kvCacheBytes) * ratio)),
+                                               maxBatchTokens: configuration.maxBatchTokens, workers: workspace.pool)
+        }
+        speculator = speculates ? SpeculativeDecoder(configuration: configuration.speculation, draftModel: draftRunner) : nil
         let pool = kvPool, layout = loaded.llama?.cacheLayout, model = loaded.model, context = configuration.contextLength
         let slack = speculates ? configuration.speculation.maxDraft : 0
         scheduler = Scheduler(limits: .init(maxBatchTokens: configuration.maxBatchTokens, maxRunning: configuration.maxRunning,
@@ -322,31 +334,30 @@ public final class Engine: @unchecked Sendable {
         // Prompts about to start fill the step with prefill: drafts would only take its room.
         if !scheduler.waiting.isEmpty || !scheduler.preempted.isEmpty { other = configuration.maxBatchTokens }
         other = min(other, configuration.maxBatchTokens - decoding.count)
-        if configuration.speculation.adaptive && !spec.cost.isCalibrated && !spec.calibrationAttempted {
-            calibrate(spec, sample: decoding[0].tokens)
+        let (modelDrafting, k) = spec.prepareDrafts(decoding, otherTokens: other, budget: configuration.maxBatchTokens) {
+            self.calibrate(spec, sample: decoding[0].tokens)
         }
-        spec.prepareDrafts(decoding, otherTokens: other, budget: configuration.maxBatchTokens)
+        if k > 0, let runner = spec.draftModel {
+            runner.propose(modelDrafting, count: k)
+            for s in modelDrafting where s.speculation.draft.count > spec.room(s) {
+                s.speculation.draft.removeLast(s.speculation.draft.count - max(0, spec.room(s)))
+            }
+        }
     }
 
     /// Times forward passes of the sizes speculation chooses between, on a scratch sequence, so the first
     /// drafts are sized by measurement; real steps refine the table from then on.
     private func calibrate(_ spec: SpeculativeDecoder, sample tokens: [Int32]) {
-        spec.calibrationAttempted = true
         guard let pool = kvPool, !tokens.isEmpty else { return }
         let memory = PagedKVMemory(pool: pool, capacity: configuration.contextLength, layout: loaded.llama?.cacheLayout)
         defer { memory.releaseAll() }
-        for n in StepCostModel.calibrationSizes(maxDraft: configuration.speculation.maxDraft, maxTokens: configuration.maxBatchTokens) {
+        for n in spec.cost.calibrationSizes(maxDraft: configuration.speculation.maxDraft, maxTokens: configuration.maxBatchTokens) {
             guard (try? memory.reserve(n)) != nil else { return }
             let batch = (0..<n).map { tokens[$0 % tokens.count] }
-            // The faster of two runs: a one-off stall should not price a size out.
-            var best = Double.infinity
-            for _ in 0..<2 {
-                let t0 = DispatchTime.now().uptimeNanoseconds
-                guard (try? loaded.model.forward(tokens: batch, memory: memory, workspace: workspace, logitRows: 0..<n)) != nil else { return }
-                best = min(best, Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
-                _ = memory.rollback(to: 0)
-            }
-            spec.calibrate(tokens: n, seconds: best)
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            guard (try? loaded.model.forward(tokens: batch, memory: memory, workspace: workspace, logitRows: 0..<n)) != nil else { return }
+            spec.calibrate(tokens: n, seconds: Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+            _ = memory.rollback(to: 0)
         }
     }
 

@@ -114,6 +114,8 @@ final class SequenceState {
     /// Gives the memory back (KV blocks to the pool; a recurrent state starts over) and forgets what was computed.
     func release() {
         if let paged { paged.releaseAll() } else { _ = memory.rollback(to: 0) }
+        speculation.draftMemory?.releaseAll()
+        speculation.draftTokens = []
         computed = 0
     }
 

@@ -46,8 +46,17 @@ public final class TextGenerator {
 
     /// Speculation is off unless asked for: its verification rows are computed in a batch, so greedy ties could
     /// break differently than in a plain decode.
+    /// Without a draft model the engine is sized from the model itself, so only a model it cannot serve at all
+    /// could fail here.
+    public convenience init(loaded: LoadedModel, contextLength: Int, threads: Int, batchTokens: Int = 256,
+                            speculation: SpeculationConfiguration = SpeculationConfiguration(mode: .off)) {
+        try! self.init(loaded: loaded, contextLength: contextLength, threads: threads, batchTokens: batchTokens,
+                       speculation: speculation, draft: nil)
+    }
+
+    /// `draft`: a draft model for speculative decoding; fails when it cannot draft for `loaded`.
     public init(loaded: LoadedModel, contextLength: Int, threads: Int, batchTokens: Int = 256,
-                speculation: SpeculationConfiguration = SpeculationConfiguration(mode: .off)) {
+                speculation: SpeculationConfiguration, draft: LoadedModel?) throws {
         self.loaded = loaded
         self.contextLength = contextLength
         var config = EngineConfiguration(threads: threads, contextLength: contextLength, kvCacheBytes: 0)
@@ -62,8 +71,7 @@ public final class TextGenerator {
             let blocks = (contextLength + config.blockSize - 1) / config.blockSize + 1 + extra
             config.kvCacheBytes = blocks * config.blockSize * llama.config.layerCount * 2 * llama.kvDim * 4
         }
-        // Sized from the model itself, so only a model the engine cannot serve at all fails here.
-        engine = try! Engine(loaded: loaded, configuration: config)
+        engine = try Engine(loaded: loaded, configuration: config, draft: draft)
         engine.start()
     }
 

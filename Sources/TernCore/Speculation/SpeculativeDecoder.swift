@@ -81,6 +81,9 @@ struct SequenceSpeculation {
     /// Tokens drafted and accepted over the sequence's life.
     var drafted = 0
     var accepted = 0
+    /// The draft model's KV of this sequence and the tokens it holds (draft-model speculation only).
+    var draftMemory: PagedKVMemory?
+    var draftTokens: [Int32] = []
 }
 
 public struct SpeculationMetrics: Sendable {
@@ -101,47 +104,69 @@ final class SpeculativeDecoder {
     private(set) var metrics = SpeculationMetrics()
     /// Set once calibration was tried (it needs free KV blocks, so it may be skipped).
     var calibrationAttempted = false
+    /// The draft model, when one is loaded and the mode uses it.
+    let draftModel: DraftModelRunner?
 
-    init(configuration: SpeculationConfiguration) {
+    init(configuration: SpeculationConfiguration, draftModel: DraftModelRunner? = nil) {
         self.configuration = configuration
+        self.draftModel = configuration.mode == .draft || configuration.mode == .auto ? draftModel : nil
         metrics.draftedByPosition = Array(repeating: 0, count: configuration.maxDraft)
         metrics.acceptedByPosition = Array(repeating: 0, count: configuration.maxDraft)
     }
 
     var usesLookup: Bool { configuration.mode == .ngram || configuration.mode == .auto }
 
-    /// A real step's time (ignored before calibration was tried, so a first prefill does not draw the curve).
+    /// A real step's time. Before calibration, decodes and small steps are calibration data (a first prefill is
+    /// not).
     func observeStep(tokens: Int, seconds: Double) {
-        if calibrationAttempted { cost.observe(tokens: tokens, seconds: seconds) }
+        if calibrationAttempted {
+            cost.observe(tokens: tokens, seconds: seconds)
+        } else {
+            cost.observeUncalibrated(tokens: tokens, seconds: seconds, largest: configuration.maxDraft + 1)
+        }
     }
     func calibrate(tokens: Int, seconds: Double) { cost.calibrate(tokens: tokens, seconds: seconds) }
 
+    /// Most tokens `s` may draft: never past max_tokens or the context (the last emitted token comes from the
+    /// target anyway).
+    func room(_ s: SequenceState) -> Int {
+        min(configuration.maxDraft, s.request.request.maxTokens - s.generatedCount - 1, s.memory.capacity - s.tokens.count - 1)
+    }
+
     /// Proposes drafts for `sequences` (decoding, one pending token each) and chooses their lengths for a step
-    /// that also carries `otherTokens` tokens and may carry `budget` tokens in all.
-    func prepareDrafts(_ sequences: [SequenceState], otherTokens: Int, budget: Int) {
+    /// that also carries `otherTokens` tokens and may carry `budget` tokens in all. Sequences with nothing to
+    /// look up are returned with the number of tokens the draft model should propose for them (none without one).
+    /// `calibrate` runs once, the first time a proposal exists and the step cost is not yet known.
+    func prepareDrafts(_ sequences: [SequenceState], otherTokens: Int, budget: Int,
+                       calibrate: () -> Void) -> (sequences: [SequenceState], count: Int) {
         var candidates: [SequenceState] = []
+        var modelCandidates: [SequenceState] = []
         for s in sequences {
             s.speculation.draft.removeAll(keepingCapacity: true)
             guard s.speculation.enabled else { continue }
-            // Never draft past max_tokens or the context: the last emitted token comes from the target anyway.
-            let room = min(configuration.maxDraft, s.request.request.maxTokens - s.generatedCount - 1,
-                           s.memory.capacity - s.tokens.count - 1)
+            let room = room(s)
             guard room > 0 else { continue }
             propose(s, limit: room)
-            if !s.speculation.proposal.isEmpty { candidates.append(s) }
+            if !s.speculation.proposal.isEmpty {
+                candidates.append(s)
+            } else if draftModel != nil {
+                s.speculation.source = .model
+                modelCandidates.append(s)
+            }
         }
-        guard !candidates.isEmpty else { return }
         var room = budget - sequences.count - otherTokens
+        if configuration.adaptive && !calibrationAttempted && !(candidates.isEmpty && modelCandidates.isEmpty) {
+            calibrationAttempted = true
+            calibrate()
+        }
         if !configuration.adaptive || !cost.isCalibrated {
             for s in candidates where room > 0 {
                 let k = min(s.speculation.proposal.count, room)
                 s.speculation.draft = Array(s.speculation.proposal.prefix(k))
                 room -= k
             }
-            return
-        }
-        if ProcessInfo.processInfo.environment["TERN_SPEC_DEBUG"] != nil {
-            FileHandle.standardError.write("cost \(cost.debugDescription) alpha \(candidates.map { $0.speculation.rates[$0.speculation.source.rawValue].value })\n".data(using: .utf8)!)
+            let k = modelCandidates.isEmpty ? 0 : min(configuration.maxDraft, room / modelCandidates.count)
+            return (modelCandidates, k)
         }
         // Greedy goodput: add the draft token with the highest chance of being used while it pays.
         var k = [Int](repeating: 0, count: candidates.count)
@@ -169,6 +194,30 @@ final class SpeculativeDecoder {
         for (i, s) in candidates.enumerated() where k[i] > 0 {
             s.speculation.draft = Array(s.speculation.proposal.prefix(k[i]))
         }
+        guard let draftModel, !modelCandidates.isEmpty else { return ([], 0) }
+        // The draft model: one length K for all its sequences (their draft passes are batched), the K whose
+        // expected tokens per second — the draft passes' time included — beat what the step has without them.
+        let modelAlpha = modelCandidates.map { min(0.98, $0.speculation.rates[DraftSource.model.rawValue].value) }
+        var bestK = 0
+        for kk in 1...configuration.maxDraft {
+            var extraTokens = 0
+            var extraExpected = 0.0
+            for (s, a) in zip(modelCandidates, modelAlpha) {
+                let own = min(kk, self.room(s))
+                extraTokens += own
+                // E(k) − E(0) = α + α² + … + α^k.
+                if own > 0 { for j in 1...own { extraExpected += pow(a, Double(j)) } }
+            }
+            guard extraTokens <= room else { break }
+            let time = cost.estimate(tokens: tokens + extraTokens)
+                + draftModel.estimate(steps: kk, sequences: modelCandidates.count, target: cost)
+            let goodput = (expected + extraExpected) / time
+            if goodput > best {
+                best = goodput
+                bestK = kk
+            }
+        }
+        return bestK > 0 ? (modelCandidates, bestK) : ([], 0)
     }
 
     private func propose(_ s: SequenceState, limit: Int) {

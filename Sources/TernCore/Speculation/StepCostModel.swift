@@ -17,15 +17,17 @@ struct StepCostModel {
 
     var isCalibrated: Bool { sizes.count >= 2 }
 
-    /// Token counts a calibration times: a decode and verifications of 1, 2, 4 and `maxDraft` drafted tokens, and
-    /// twice that (cheap: about 40 tokens in all; larger batches follow the slope of the last two sizes).
-    static func calibrationSizes(maxDraft: Int, maxTokens: Int) -> [Int] {
-        let wanted = [1, 2, 3, 5, maxDraft + 1, 2 * (maxDraft + 1)]
-        return Array(Set(wanted.filter { $0 >= 1 && $0 <= maxTokens })).sorted()
+    /// Token counts a calibration times beside the decodes already seen: verifications of 1, 4 and `maxDraft`
+    /// drafted tokens (about 16 tokens in all, one pass each; larger batches follow the slope of the last two).
+    func calibrationSizes(maxDraft: Int, maxTokens: Int) -> [Int] {
+        let wanted = [1, 2, 5, maxDraft + 1]
+        return Array(Set(wanted.filter { $0 >= 1 && $0 <= maxTokens && seconds[$0] == nil })).sorted()
     }
 
-    var debugDescription: String {
-        sizes.map { "\($0):\(String(format: "%.1f", seconds[$0]! * 1000))" }.joined(separator: " ") + String(format: " ×%.2f", scale)
+    /// A step seen before calibration: small ones count as calibration (the fastest seen), others are ignored.
+    mutating func observeUncalibrated(tokens n: Int, seconds t: Double, largest: Int) {
+        guard n <= largest else { return }
+        calibrate(tokens: n, seconds: min(t, seconds[n] ?? t))
     }
 
     /// A calibration pass: `n` tokens took `t` seconds.
