@@ -54,15 +54,14 @@ final class Gemma3RealModelTests: XCTestCase {
             let want = Self.ids(c["generated_ids"])
             let gaps = (c["top2_gap"] as! [NSNumber]).map(\.doubleValue)
             let got = try gen.generate(GenerationRequest(promptTokens: prompt, maxTokens: want.count, ignoreEOS: true)).tokens
-            // Both engines quantize activations to 8 bits with different rounding; a gap under 0.5 may flip.
-            var agreed = 0
-            for (i, t) in want.enumerated() {
-                if gaps[i] < 0.5 { break }
-                XCTAssertEqual(got[i], t, "\(name): step \(i)")
-                if got[i] != t { break }
-                agreed += 1
+            // Both engines quantize activations to 8 bits with different rounding, which moves logits by a few
+            // tenths: the continuations may part only where llama.cpp's top two are within 0.5 of each other.
+            if let d = zip(got, want).enumerated().first(where: { $0.element.0 != $0.element.1 })?.offset {
+                XCTAssertLessThan(gaps[d], 0.5, "\(name): the continuations part at step \(d), where llama.cpp's gap is \(gaps[d])")
+                print("\(name): identical for \(d) of \(want.count) tokens; they part where llama.cpp's top-2 gap is \(gaps[d])")
+            } else {
+                print("\(name): identical for all \(want.count) tokens")
             }
-            print("\(name): \(agreed) of \(want.count) tokens compared and equal before the first near tie")
         }
     }
 
