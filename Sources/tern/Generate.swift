@@ -12,6 +12,7 @@ struct GenerateCommand: ParsableCommand, EnvironmentReadable {
         .value("model"), .value("prompt"), .value("max-tokens"), .value("temperature"), .value("top-k"), .value("top-p"),
         .value("min-p"), .value("seed"), .value("repeat-penalty"), .value("presence-penalty"), .value("frequency-penalty"),
         .value("stop"), .value("system"), .value("ctx-size"), .value("threads"), .flag("chat"), .flag("ignore-eos"),
+        .value("chat-template"),
     ] + SpeculationOptions.environmentOptions
 
     @Option(parsing: .unconditional, help: .tern("GGUF file or Hugging Face directory.", env: "model", valueName: "path"))
@@ -44,6 +45,10 @@ struct GenerateCommand: ParsableCommand, EnvironmentReadable {
     var chat = false
     @Option(parsing: .unconditional, help: .tern("System message (with --chat).", env: "system", default: "none", valueName: "text"))
     var system: String?
+    @Option(parsing: .unconditional, help: .tern(
+        "Chat template for --chat instead of the checkpoint's: a Jinja file, or a built-in name (chatml, gemma, llama3).",
+        env: "chat-template", default: "the checkpoint's", valueName: "file|name"))
+    var chatTemplate: String?
     @Option(parsing: .unconditional, help: .tern("Longest sequence, prompt and output.", env: "ctx-size",
                                                   default: "min(trained context, 4096)", valueName: "n"))
     var ctxSize: Int?
@@ -59,7 +64,8 @@ struct GenerateCommand: ParsableCommand, EnvironmentReadable {
         // The argument is always from the command line, --prompt may be from TERN_PROMPT: the argument wins.
         guard let prompt = promptArgument ?? prompt else { throw UsageError("generate needs --prompt TEXT") }
         let speculationConfig = try speculation.configuration()
-        let (loaded, _) = try loadModel(model)
+        let template = try chatTemplate.map { try ChatTemplate.named(orFile: $0) }
+        let (loaded, _) = try loadModel(model, chatTemplate: template)
         var sampling = SamplingParameters(temperature: temperature)
         sampling.topK = try atLeast(topK, 0, "top-k")
         sampling.topP = topP

@@ -21,7 +21,7 @@ struct ServeCommand: ParsableCommand, EnvironmentReadable {
         .value("max-queue"), .value("ctx-size"), .value("threads"), .value("kv-cache-mib"), .value("block-size"),
         .value("kv-type"), .value("max-batch-tokens"), .value("max-running"), .value("cors-origin"),
         .value("served-model-name"), .value("max-body-mib"), .value("drain-timeout"), .flag("no-prefix-caching"),
-        .value("relay"),
+        .value("relay"), .value("chat-template"),
     ] + SpeculationOptions.environmentOptions
 
     @Option(parsing: .unconditional, help: .tern("GGUF file or Hugging Face directory.", env: "model", valueName: "path"))
@@ -72,6 +72,10 @@ struct ServeCommand: ParsableCommand, EnvironmentReadable {
         "RelayAttention: decoding requests that share prompt-prefix blocks read that prefix once per step (on or off).",
         env: "relay", valueName: "on|off"))
     var relay = "on"
+    @Option(parsing: .unconditional, help: .tern(
+        "Chat template instead of the checkpoint's: a Jinja file, or a built-in name (chatml, gemma, llama3). Without any, chat completions answer 400.",
+        env: "chat-template", default: "the checkpoint's", valueName: "file|name"))
+    var chatTemplate: String?
     @OptionGroup var speculation: SpeculationOptions
 
     func run() throws {
@@ -107,6 +111,8 @@ func serve(_ o: ServeCommand) throws {
     guard o.relay == "on" || o.relay == "off" else { throw UsageError("--relay must be on or off, got '\(o.relay)'") }
     let speculation = try o.speculation.configuration()
     let apiKeys = o.apiKey
+    // Checked before listening, so a bad name or file fails at once.
+    let chatTemplate = try o.chatTemplate.map { try ChatTemplate.named(orFile: $0) }
 
     LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
     var logger = Logger(label: "tern")
@@ -132,7 +138,7 @@ func serve(_ o: ServeCommand) throws {
     let loaded: LoadedModel
     let loadSeconds: Double
     do {
-        (loaded, loadSeconds) = try loadModel(path)
+        (loaded, loadSeconds) = try loadModel(path, chatTemplate: chatTemplate)
     } catch {
         api.failedToLoad("\(error)")
         server.shutdown(timeout: 1)

@@ -77,6 +77,9 @@ void  tern_axpy_f16(float alpha, const uint16_t *x, float *y, int64_t n);
 void  tern_f32_to_f16(const float *x, uint16_t *y, int64_t n);                    /* round to nearest even */
 void  tern_f16_to_f32(const uint16_t *x, float *y, int64_t n);
 
+/* gate[i] = gelu_tanh(gate[i]) * up[i] (GeGLU with GELU's tanh approximation, as Gemma uses). */
+void  tern_geglu_tanh(float *gate, const float *up, int64_t n);
+
 /* Runtime dispatch: chosen once (lazily, thread-safe) from the CPU: 2 = AVX-512 VNNI (avx512f/bw/vl/vnni),
    1 = AVX2+FMA+F16C, 0 = portable scalar. tern_force_path lets tests compare paths (returns the path in force;
    asking for a path the CPU lacks falls back to the best available one below it). A negative argument

@@ -72,12 +72,14 @@ public final class ContiguousKVMemory: KVMemory {
     private let values: UnsafeMutablePointer<Float>
     private let layerStride: Int
 
-    public init(layers: Int, rowWidth: Int, capacity: Int) {
+    /// Every group of `layout` reads the same slabs (nothing is released); a window group's limit is applied by
+    /// the attention kernel, which clips each query to its window.
+    public init(layers: Int, rowWidth: Int, capacity: Int, layout: KVCacheLayout? = nil) {
         self.layerCount = layers
         self.rowWidth = rowWidth
         self.capacity = capacity
         layerStride = capacity * rowWidth
-        layout = .fullAttention(layers: layers)
+        self.layout = layout ?? .fullAttention(layers: layers)
         // Large allocations come from mmap, so untouched pages of a long context cost no resident memory.
         keys = .allocate(capacity: max(1, layers * layerStride))
         values = .allocate(capacity: max(1, layers * layerStride))

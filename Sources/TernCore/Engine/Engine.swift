@@ -351,14 +351,21 @@ public final class Engine: @unchecked Sendable {
         guard let pool = kvPool, !tokens.isEmpty else { return }
         let memory = PagedKVMemory(pool: pool, capacity: configuration.contextLength, layout: loaded.llama?.cacheLayout)
         defer { memory.releaseAll() }
-        for n in spec.cost.calibrationSizes(maxDraft: configuration.speculation.maxDraft, maxTokens: configuration.maxBatchTokens) {
-            guard (try? memory.reserve(n)) != nil else { return }
-            let batch = (0..<n).map { tokens[$0 % tokens.count] }
-            let t0 = DispatchTime.now().uptimeNanoseconds
-            guard (try? loaded.model.forward(tokens: batch, memory: memory, workspace: workspace, logitRows: 0..<n)) != nil else { return }
-            spec.calibrate(tokens: n, seconds: Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
-            _ = memory.rollback(to: 0)
+        // Three interleaved rounds, the fastest of each size kept: a stall in one pass must not price a size out
+        // (real steps later move the whole curve, not its shape).
+        let sizes = spec.cost.calibrationSizes(maxDraft: configuration.speculation.maxDraft, maxTokens: configuration.maxBatchTokens)
+        var best = [Double](repeating: .infinity, count: sizes.count)
+        for _ in 0..<3 {
+            for (i, n) in sizes.enumerated() {
+                guard (try? memory.reserve(n)) != nil else { return }
+                let batch = (0..<n).map { tokens[$0 % tokens.count] }
+                let t0 = DispatchTime.now().uptimeNanoseconds
+                guard (try? loaded.model.forward(tokens: batch, memory: memory, workspace: workspace, logitRows: 0..<n)) != nil else { return }
+                best[i] = min(best[i], Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+                _ = memory.rollback(to: 0)
+            }
         }
+        for (n, t) in zip(sizes, best) { spec.calibrate(tokens: n, seconds: t) }
     }
 
     /// Verification of a drafted chunk: row i of `rows` is the target's next-token row after the pending token

@@ -11,7 +11,8 @@ public final class LoadedModel: Sendable {
     /// A name for API responses: the file or directory name without extension.
     public let name: String
 
-    public init(path: String) throws {
+    /// `chatTemplate` replaces the checkpoint's own template (`--chat-template`), or supplies one it lacks.
+    public init(path: String, chatTemplate override: ChatTemplate? = nil) throws {
         let ck = try Checkpoint.open(path: path)
         checkpoint = ck
         model = try ModelLoader.load(ck)
@@ -20,7 +21,9 @@ public final class LoadedModel: Sendable {
         } catch {
             throw CheckpointError(file: path, "tokenizer: \(error)")
         }
-        if let source = ck.chatTemplate {
+        if let override {
+            chatTemplate = override
+        } else if let source = ck.chatTemplate {
             do {
                 chatTemplate = try ChatTemplate(source: source)
             } catch {

@@ -195,24 +195,40 @@ public struct Sampler {
         // Unnormalised probabilities relative to the best token (which has weight 1).
         let minWeight = p.minP > 0 ? p.minP : 0
         candidates.removeAll(keepingCapacity: true)
-        for i in 0..<n {
-            let w = expf((logits[i] - maxLogit) * invT)
-            if w >= minWeight && w > 0 { candidates.append((Int32(i), w)) }
-        }
-        if p.topK > 0 || p.topP < 1 {
-            candidates.sort { $0.weight > $1.weight || ($0.weight == $1.weight && $0.id < $1.id) }
-            if p.topK > 0 && candidates.count > p.topK { candidates.removeLast(candidates.count - p.topK) }
-            if p.topP < 1 {
-                var total: Float = 0
-                for c in candidates { total += c.weight }
-                var cumulative: Float = 0
-                var keep = candidates.count
-                for (i, c) in candidates.enumerated() {
-                    cumulative += c.weight
-                    if cumulative >= p.topP * total { keep = i + 1; break }
-                }
-                candidates.removeLast(candidates.count - keep)
+        // A large vocabulary (Gemma's 262k) must not be sorted whole: top-k keeps the k best in a heap as it scans,
+        // and top-p alone takes candidates from a heap in order only until the mass is reached.
+        if p.topK > 0 && p.topK < n {
+            samplerSelectTopK(logits, n, k: p.topK, into: &candidates)
+            // The k survivors in draw order; their weights decide, ties to the lower id, as a full sort would.
+            var kept = 0
+            for c in candidates {
+                let w = expf((logits[Int(c.id)] - maxLogit) * invT)
+                if w >= minWeight && w > 0 { candidates[kept] = (c.id, w); kept += 1 }
             }
+            candidates.removeLast(candidates.count - kept)
+            candidates.sort { $0.weight > $1.weight || ($0.weight == $1.weight && $0.id < $1.id) }
+        } else {
+            for i in 0..<n {
+                let w = expf((logits[i] - maxLogit) * invT)
+                if w >= minWeight && w > 0 { candidates.append((Int32(i), w)) }
+            }
+            if p.topK > 0 {
+                candidates.sort { $0.weight > $1.weight || ($0.weight == $1.weight && $0.id < $1.id) }
+            } else if p.topP < 1 {
+                samplerTakeTopP(&candidates, mass: p.topP)
+            }
+        }
+        if p.topK > 0 && p.topP < 1 && !candidates.isEmpty {
+            // Sums in Double, so the cut does not depend on the order the weights were added in.
+            var total: Double = 0
+            for c in candidates { total += Double(c.weight) }
+            var cumulative: Double = 0
+            var keep = candidates.count
+            for (i, c) in candidates.enumerated() {
+                cumulative += Double(c.weight)
+                if cumulative >= Double(p.topP) * total { keep = i + 1; break }
+            }
+            candidates.removeLast(candidates.count - keep)
         }
         if candidates.isEmpty { return SamplingDistribution(kind: .greedy(Self.argmax(logits, n)), candidates: [], totalWeight: 1) }
         var total: Double = 0
@@ -248,5 +264,80 @@ public struct Sampler {
             best = i
         }
         return Int32(best)
+    }
+}
+
+// Partial selection for Sampler.distribution: the whole vocabulary is scanned once, but only the survivors are
+// ordered.
+
+/// Whether candidate a comes before b in draw order: higher weight first, ties to the lower id.
+@inline(__always)
+private func samplerBefore(_ a: (id: Int32, weight: Float), _ b: (id: Int32, weight: Float)) -> Bool {
+    a.weight > b.weight || (a.weight == b.weight && a.id < b.id)
+}
+
+/// The k highest logits (ties to the lower id) in `out`, unordered, by one pass with a min-heap of k entries: a
+/// logit below the heap's least is rejected with one comparison, which is almost every logit of a large vocabulary.
+/// The logit stands in for the weight (exp is monotonic), so no exp is computed for rejected tokens.
+private func samplerSelectTopK(_ logits: UnsafePointer<Float>, _ n: Int, k: Int,
+                               into out: inout [(id: Int32, weight: Float)]) {
+    out.removeAll(keepingCapacity: true)
+    out.reserveCapacity(k)
+    // The heap's root is the entry every other entry comes before.
+    func worse(_ a: (id: Int32, weight: Float), _ b: (id: Int32, weight: Float)) -> Bool { samplerBefore(b, a) }
+    func siftDown(_ h: inout [(id: Int32, weight: Float)], _ start: Int) {
+        var i = start
+        while true {
+            let l = 2 * i + 1, r = l + 1
+            var m = i
+            if l < h.count && worse(h[l], h[m]) { m = l }
+            if r < h.count && worse(h[r], h[m]) { m = r }
+            if m == i { return }
+            h.swapAt(i, m)
+            i = m
+        }
+    }
+    for i in 0..<k { out.append((Int32(i), logits[i])) }
+    for i in stride(from: k / 2 - 1, through: 0, by: -1) { siftDown(&out, i) }
+    for i in k..<n {
+        let v = logits[i]
+        // Ids only grow, so an equal logit never displaces an entry already held.
+        guard v > out[0].weight else { continue }
+        out[0] = (Int32(i), v)
+        siftDown(&out, 0)
+    }
+}
+
+/// Keeps the shortest prefix, in draw order, whose weight reaches `mass` of the total, and leaves it in draw order.
+/// Heapifies in linear time and pops only as many entries as the prefix holds.
+private func samplerTakeTopP(_ c: inout [(id: Int32, weight: Float)], mass: Float) {
+    var total: Double = 0
+    for x in c { total += Double(x.weight) }
+    let target = Double(mass) * total
+    var heap = c
+    func siftDown(_ h: inout [(id: Int32, weight: Float)], _ start: Int, _ count: Int) {
+        var i = start
+        while true {
+            let l = 2 * i + 1, r = l + 1
+            var m = i
+            if l < count && samplerBefore(h[l], h[m]) { m = l }
+            if r < count && samplerBefore(h[r], h[m]) { m = r }
+            if m == i { return }
+            h.swapAt(i, m)
+            i = m
+        }
+    }
+    var count = heap.count
+    for i in stride(from: count / 2 - 1, through: 0, by: -1) { siftDown(&heap, i, count) }
+    c.removeAll(keepingCapacity: true)
+    var cumulative: Double = 0
+    while count > 0 {
+        let top = heap[0]
+        c.append(top)
+        cumulative += Double(top.weight)
+        if cumulative >= target { break }
+        count -= 1
+        heap[0] = heap[count]
+        siftDown(&heap, 0, count)
     }
 }

@@ -65,7 +65,8 @@ public final class Checkpoint: Sendable {
         self.hfConfigJSON = configData
         let archs = config["architectures"] as? [String] ?? []
         let modelType = config["model_type"] as? String ?? ""
-        self.architecture = Self.ggufArchitecture(hfModelType: modelType, architectures: archs)
+        let architecture = Self.ggufArchitecture(hfModelType: modelType, architectures: archs)
+        self.architecture = architecture
 
         // Shards: model.safetensors.index.json names a file per tensor; otherwise one model.safetensors.
         var files: [String] = []
@@ -86,7 +87,7 @@ public final class Checkpoint: Sendable {
         for f in files {
             let st = try SafetensorsFile(path: dirURL.appendingPathComponent(f).path)
             for (name, info) in st.tensors {
-                let ggufName = Self.ggufTensorName(hfName: name) ?? name
+                let ggufName = Self.ggufTensorName(hfName: name, architecture: architecture) ?? name
                 tensors[ggufName] = try Self.weightTensor(info, name: ggufName, file: st)
             }
         }
@@ -120,12 +121,16 @@ public final class Checkpoint: Sendable {
         case "llama": return "llama"
         case "mistral": return "llama"
         case "qwen2": return "qwen2"
+        case "gemma3_text": return "gemma3"
+        case "gemma3" where architectures == ["Gemma3ForCausalLM"]: return "gemma3"
         default: return hfModelType.isEmpty ? (architectures.first ?? "unknown") : hfModelType
         }
     }
 
-    /// HF Llama-family tensor names → GGUF names.
-    static func ggufTensorName(hfName: String) -> String? {
+    /// HF Llama-family tensor names → GGUF names. Gemma 3 names its norms differently: its
+    /// post_attention_layernorm follows attention (GGUF post_attention_norm), and pre_feedforward_layernorm is the
+    /// norm Llama calls post_attention_layernorm (GGUF ffn_norm).
+    static func ggufTensorName(hfName: String, architecture: String = "llama") -> String? {
         switch hfName {
         case "model.embed_tokens.weight": return "token_embd.weight"
         case "model.norm.weight": return "output_norm.weight"
@@ -137,6 +142,7 @@ public final class Checkpoint: Sendable {
         let rest = hfName.dropFirst(prefix.count)
         guard let dot = rest.firstIndex(of: "."), let layer = Int(rest[..<dot]) else { return nil }
         let suffix = String(rest[rest.index(after: dot)...])
+        if architecture == "gemma3", let g = gemma3Names[suffix] { return "blk.\(layer).\(g)" }
         let map: [String: String] = [
             "input_layernorm.weight": "attn_norm.weight",
             "post_attention_layernorm.weight": "ffn_norm.weight",
@@ -151,6 +157,14 @@ public final class Checkpoint: Sendable {
         guard let g = map[suffix] else { return nil }
         return "blk.\(layer).\(g)"
     }
+
+    private static let gemma3Names: [String: String] = [
+        "post_attention_layernorm.weight": "post_attention_norm.weight",
+        "pre_feedforward_layernorm.weight": "ffn_norm.weight",
+        "post_feedforward_layernorm.weight": "post_ffw_norm.weight",
+        "self_attn.q_norm.weight": "attn_q_norm.weight",
+        "self_attn.k_norm.weight": "attn_k_norm.weight",
+    ]
 
     /// config.json as a dictionary (HF checkpoints only).
     public func hfConfig() -> [String: Any]? {

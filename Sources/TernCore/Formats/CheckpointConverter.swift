@@ -46,6 +46,11 @@ public enum CheckpointConverter {
             writer.alignment = g.alignment
         case .safetensors:
             let cfg = try LlamaConfig(checkpoint: ck)
+            // Gemma's GGUF conventions (norm weights stored as 1 + w, its window and query-scale keys) are not
+            // written yet; a GGUF made by llama.cpp's converter converts GGUF to GGUF.
+            guard cfg.architecture != "gemma3" else {
+                throw CheckpointError(file: ck.path, "converting a Gemma 3 safetensors checkpoint to GGUF is not supported (convert a Gemma 3 GGUF instead)")
+            }
             try addMetadata(&writer, config: cfg, checkpoint: ck)
             if cfg.architecture == "llama" {
                 // HF rotate-half rows → GGUF's interleaved pairs.

@@ -177,10 +177,9 @@ extension AttentionPlan {
 
 enum Attention {
     static func causal(queries q: UnsafePointer<Float>, rows m: Int, layer: Int, metadata: AttentionMetadata,
-                       memories: [KVMemory], headCount: Int, kvHeadCount: Int, headDim hd: Int,
+                       memories: [KVMemory], headCount: Int, kvHeadCount: Int, headDim hd: Int, scale: Float,
                        output out: UnsafeMutablePointer<Float>, workspace ws: LlamaWorkspace) {
         let group = headCount / kvHeadCount
-        let scale = 1 / Float(hd).squareRoot()
         let qDim = headCount * hd
         let cacheGroup = metadata.layout.groupOfLayer[layer]
         let window = metadata.layout.groups[cacheGroup].window ?? 0

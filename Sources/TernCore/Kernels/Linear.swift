@@ -136,6 +136,12 @@ public enum VectorOps {
         }
     }
 
+    /// x *= s, in place.
+    @inlinable
+    public static func scale(_ x: UnsafeMutablePointer<Float>, _ s: Float, count: Int) {
+        for i in 0..<count { x[i] *= s }
+    }
+
     @inlinable
     public static func add(_ x: UnsafeMutablePointer<Float>, _ y: UnsafePointer<Float>, count: Int) {
         for i in 0..<count { x[i] += y[i] }

@@ -1,5 +1,7 @@
-// Hyper-parameters of a Llama-family transformer (Llama 1–3, Mistral, SmolLM, Qwen2), read from GGUF
+// Hyper-parameters of a Llama-family transformer (Llama 1–3, Mistral, SmolLM, Qwen2, Gemma 3), read from GGUF
 // metadata or from an HF config.json, plus the RoPE convention the checkpoint's Q/K weights were laid out for.
+// Gemma 3 is the same block with options switched on (see GemmaOptions in LlamaConfig+Gemma3.swift), so one
+// forward pass serves both families.
 
 import Foundation
 
@@ -29,7 +31,34 @@ public struct LlamaConfig: Sendable {
     /// Per-frequency divisors (Llama 3.1 "llama3" scaling), head_dim/2 entries, or nil.
     public var ropeFrequencyFactors: [Float]?
 
-    static let supportedArchitectures: Set<String> = ["llama", "mistral", "qwen2"]
+    public enum Activation: String, Sendable {
+        /// SwiGLU: silu(gate) ⊙ up (Llama, Qwen2).
+        case silu
+        /// GeGLU with the tanh approximation of GELU (Gemma).
+        case geluTanh
+    }
+    public var activation: Activation = .silu
+    /// Multiplies the token embeddings (Gemma: √dim).
+    public var embeddingScale: Float = 1
+    /// Multiplies q·k before the softmax: 1/√headDim unless the checkpoint says otherwise (Gemma's
+    /// query_pre_attn_scalar).
+    public var queryScale: Float = 1
+    /// The window of local (sliding-window) layers, nil when every layer attends fully.
+    public var slidingWindow: Int?
+    /// Per layer: whether it is a local layer (reads only the last `slidingWindow` positions).
+    public var localLayers: [Bool] = []
+    /// RoPE base of local layers (Gemma 3: 10 000, no scaling); global layers use `ropeBase` and any scaling.
+    public var localRopeBase: Float?
+    /// Logits become cap·tanh(logits/cap) when set (Gemma 2-style final soft-capping).
+    public var finalLogitSoftcap: Float?
+    /// Added to every RMSNorm weight at load: HF Gemma stores w for a norm that multiplies by (1 + w), while
+    /// llama.cpp's converter already stored 1 + w in the GGUF.
+    public var normWeightOffset: Float = 0
+    /// Gemma's extra norms: RMSNorm of each query and key head, and norms after attention and after the FFN.
+    public var hasQKNorm = false
+    public var hasPostNorms = false
+
+    static let supportedArchitectures: Set<String> = ["llama", "mistral", "qwen2", "gemma3"]
 
     public init(checkpoint c: Checkpoint) throws {
         switch c.format {
@@ -61,8 +90,8 @@ public struct LlamaConfig: Sendable {
         ropeDimensions = g.int("\(arch).rope.dimension_count") ?? headDim
         let vocabFromTokens = (try? g.stringArray("tokenizer.ggml.tokens"))??.count
         vocabularySize = g.int("\(arch).vocab_size") ?? vocabFromTokens ?? tensors["token_embd.weight"]?.rows ?? 0
-        // llama.cpp uses NEOX rotation for qwen2 and keeps HF's Q/K layout; llama/mistral files are permuted.
-        ropeStyle = arch == "qwen2" ? .neox : .interleaved
+        // llama.cpp uses NEOX rotation for qwen2 and gemma3 and keeps HF's Q/K layout; llama/mistral files are permuted.
+        ropeStyle = arch == "qwen2" || arch == "gemma3" ? .neox : .interleaved
         ropePositionScale = 1
         if g.string("\(arch).rope.scaling.type") == "linear", let f = g.double("\(arch).rope.scaling.factor"), f > 0 {
             ropePositionScale = Float(f)
@@ -74,6 +103,9 @@ public struct LlamaConfig: Sendable {
             let p = rf.data.assumingMemoryBound(to: Float.self)
             ropeFrequencyFactors = Array(UnsafeBufferPointer(start: p, count: rf.elementCount))
         }
+        queryScale = 1 / Float(headDim).squareRoot()
+        localLayers = Array(repeating: false, count: max(0, layerCount))
+        if arch == "gemma3" { try applyGemma3(gguf: g) }
         try validate(path: g.path)
     }
 
@@ -83,7 +115,7 @@ public struct LlamaConfig: Sendable {
         let modelType = hf["model_type"] as? String ?? ""
         let arch = Checkpoint.ggufArchitecture(hfModelType: modelType, architectures: hf["architectures"] as? [String] ?? [])
         guard Self.supportedArchitectures.contains(arch) else {
-            throw CheckpointError(file: path, "unsupported architecture '\(modelType)' in config.json (Tern runs llama, mistral, qwen2)")
+            throw CheckpointError(file: path, "unsupported architecture '\(modelType)' in config.json (Tern runs llama, mistral, qwen2, gemma3)")
         }
         func req(_ k: String) throws -> Int {
             guard let v = int(k) else { throw CheckpointError(file: path + "/config.json", "lacks \(k)") }
@@ -104,6 +136,8 @@ public struct LlamaConfig: Sendable {
         ropeDimensions = headDim
         ropeStyle = .neox
         ropePositionScale = 1
+        queryScale = 1 / Float(headDim).squareRoot()
+        localLayers = Array(repeating: false, count: max(0, layerCount))
         if let scaling = hf["rope_scaling"] as? [String: Any] {
             let kind = (scaling["rope_type"] as? String) ?? (scaling["type"] as? String) ?? ""
             let factor = (scaling["factor"] as? NSNumber)?.doubleValue ?? 1
@@ -120,6 +154,7 @@ public struct LlamaConfig: Sendable {
                 throw CheckpointError(file: path + "/config.json", "unsupported rope_scaling type '\(kind)'")
             }
         }
+        if arch == "gemma3" { try applyGemma3(hf: hf, path: path) }
         try validate(path: path)
     }
 
@@ -148,5 +183,12 @@ public struct LlamaConfig: Sendable {
         guard ropeDimensions > 0 && ropeDimensions <= headDim && ropeDimensions % 2 == 0 else { throw fail("rope dimension count \(ropeDimensions) is invalid") }
         guard vocabularySize > 0 else { throw fail("vocabulary size is unknown") }
         guard rmsEpsilon.isFinite && rmsEpsilon > 0 && ropeBase.isFinite && ropeBase > 0 else { throw fail("rms epsilon and rope base must be positive") }
+        guard queryScale.isFinite && queryScale > 0 else { throw fail("the query scale must be positive") }
+        guard localLayers.count == layerCount else { throw fail("the layer pattern names \(localLayers.count) layers, the model has \(layerCount)") }
+        if localLayers.contains(true) {
+            guard let w = slidingWindow, w > 0 else { throw fail("local layers need a positive sliding window") }
+            guard let b = localRopeBase, b.isFinite && b > 0 else { throw fail("the local RoPE base must be positive") }
+        }
+        if let c = finalLogitSoftcap { guard c.isFinite && c > 0 else { throw fail("final logit soft-capping must be positive") } }
     }
 }

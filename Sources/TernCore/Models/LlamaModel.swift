@@ -1,6 +1,9 @@
-// The Llama-family transformer (Llama 1–3, Mistral, SmolLM, Qwen2): a pure function of (weights, a batch of
-// tokens at given positions, the sequence's KV memory) → logits. It knows nothing of scheduling or HTTP.
+// The Llama-family transformer (Llama 1–3, Mistral, SmolLM, Qwen2, Gemma 3): a pure function of (weights, a batch
+// of tokens at given positions, the sequence's KV memory) → logits. It knows nothing of scheduling or HTTP.
 // Scratch buffers live in a LlamaWorkspace that the caller owns, so the forward pass allocates nothing.
+// Gemma 3 runs the same block with its options on (LlamaConfig): scaled embeddings, per-head RMSNorm of queries
+// and keys, norms after attention and after the FFN, GeGLU, its own query scale, local sliding-window layers with
+// their own RoPE base (a cache group of their own), and optional final logit soft-capping.
 
 import CKernels
 import Foundation
@@ -12,6 +15,18 @@ public final class LlamaModel: LanguageModel {
         let bq, bk, bv: [Float]?
         let ffnNorm: [Float]
         let gate, up, down: WeightTensor
+        /// Gemma: per-head norms of queries and keys, and norms of the attention and FFN outputs.
+        let qNorm, kNorm: [Float]?
+        let postAttentionNorm, postFFNNorm: [Float]?
+        /// Index into `ropeTables`.
+        let rope: Int
+    }
+
+    /// The rotation one kind of layer applies: inverse frequencies (already divided by any per-frequency
+    /// factor) and a linear position divisor.
+    struct RopeTable: Sendable {
+        let inverseFrequencies: [Float]
+        let positionScale: Float
     }
 
     public let config: LlamaConfig
@@ -20,8 +35,8 @@ public final class LlamaModel: LanguageModel {
     let layers: [Layer]
     let outputNorm: [Float]
     let output: WeightTensor
-    /// Inverse frequencies of each rotated pair, already divided by any per-frequency scaling factor.
-    let ropeInverseFrequencies: [Float]
+    /// Global layers' rotation first; Gemma's local layers have a second one (another base, no scaling).
+    let ropeTables: [RopeTable]
 
     public var qDim: Int { config.headCount * config.headDim }
     public var kvDim: Int { config.kvHeadCount * config.headDim }
@@ -63,13 +78,20 @@ public final class LlamaModel: LanguageModel {
         func optionalVector(_ name: String, count: Int) throws -> [Float]? {
             checkpoint.tensors[name] == nil ? nil : try vector(name, count: count)
         }
+        func norm(_ name: String, count: Int) throws -> [Float] {
+            let offset = cfg.normWeightOffset
+            return try vector(name, count: count).map { $0 + offset }
+        }
+        func gemmaNorm(_ name: String, count: Int, _ present: Bool) throws -> [Float]? {
+            present ? try norm(name, count: count) : nil
+        }
 
         tokenEmbedding = try matrix("token_embd.weight", columns: dim, rows: cfg.vocabularySize)
         var layers: [Layer] = []
         for i in 0..<cfg.layerCount {
             let p = "blk.\(i)."
             layers.append(Layer(
-                attnNorm: try vector(p + "attn_norm.weight", count: dim),
+                attnNorm: try norm(p + "attn_norm.weight", count: dim),
                 wq: try matrix(p + "attn_q.weight", columns: dim, rows: qDim).packedForCompute(),
                 wk: try matrix(p + "attn_k.weight", columns: dim, rows: kvDim).packedForCompute(),
                 wv: try matrix(p + "attn_v.weight", columns: dim, rows: kvDim).packedForCompute(),
@@ -77,24 +99,34 @@ public final class LlamaModel: LanguageModel {
                 bq: try optionalVector(p + "attn_q.bias", count: qDim),
                 bk: try optionalVector(p + "attn_k.bias", count: kvDim),
                 bv: try optionalVector(p + "attn_v.bias", count: kvDim),
-                ffnNorm: try vector(p + "ffn_norm.weight", count: dim),
+                ffnNorm: try norm(p + "ffn_norm.weight", count: dim),
                 gate: try matrix(p + "ffn_gate.weight", columns: dim, rows: cfg.feedForwardLength).packedForCompute(),
                 up: try matrix(p + "ffn_up.weight", columns: dim, rows: cfg.feedForwardLength).packedForCompute(),
-                down: try matrix(p + "ffn_down.weight", columns: cfg.feedForwardLength, rows: dim).packedForCompute()))
+                down: try matrix(p + "ffn_down.weight", columns: cfg.feedForwardLength, rows: dim).packedForCompute(),
+                qNorm: try gemmaNorm(p + "attn_q_norm.weight", count: cfg.headDim, cfg.hasQKNorm),
+                kNorm: try gemmaNorm(p + "attn_k_norm.weight", count: cfg.headDim, cfg.hasQKNorm),
+                postAttentionNorm: try gemmaNorm(p + "post_attention_norm.weight", count: dim, cfg.hasPostNorms),
+                postFFNNorm: try gemmaNorm(p + "post_ffw_norm.weight", count: dim, cfg.hasPostNorms),
+                rope: cfg.isLocal(i) ? 1 : 0))
         }
         self.layers = layers
-        outputNorm = try vector("output_norm.weight", count: dim)
+        outputNorm = try norm("output_norm.weight", count: dim)
         if checkpoint.tensors["output.weight"] != nil {
             output = try matrix("output.weight", columns: dim, rows: cfg.vocabularySize).packedForCompute()
         } else {
             output = tokenEmbedding.packedForCompute()   // tied embeddings: lookups read the original rows
         }
         let half = cfg.ropeDimensions / 2
-        ropeInverseFrequencies = (0..<half).map { i in
+        var tables = [RopeTable(inverseFrequencies: (0..<half).map { i in
             let f = powf(cfg.ropeBase, -Float(2 * i) / Float(cfg.ropeDimensions))
             let factor = cfg.ropeFrequencyFactors.map { i < $0.count ? $0[i] : 1 } ?? 1
             return f / factor
+        }, positionScale: cfg.ropePositionScale)]
+        if cfg.localLayers.contains(true), let base = cfg.localRopeBase {
+            tables.append(RopeTable(inverseFrequencies: (0..<half).map { i in powf(base, -Float(2 * i) / Float(cfg.ropeDimensions)) },
+                                    positionScale: 1))
         }
+        ropeTables = tables
     }
 
     static func dequantize(_ t: WeightTensor) -> [Float] {
@@ -115,8 +147,19 @@ public final class LlamaModel: LanguageModel {
         return total
     }
 
-    /// Every layer attends over the whole past: one cache group.
-    public var cacheGroups: [CacheGroupSpec] { [CacheGroupSpec(kind: .fullAttention, layers: Array(0..<config.layerCount))] }
+    /// Global layers attend over the whole past; local layers (Gemma) over a sliding window, a group of their own
+    /// whose blocks are released as the window moves.
+    public var cacheGroups: [CacheGroupSpec] {
+        let all = Array(0..<config.layerCount)
+        guard let window = config.slidingWindow, config.localLayers.contains(true) else {
+            return [CacheGroupSpec(kind: .fullAttention, layers: all)]
+        }
+        let global = all.filter { !config.isLocal($0) }, local = all.filter { config.isLocal($0) }
+        var groups: [CacheGroupSpec] = []
+        if !global.isEmpty { groups.append(CacheGroupSpec(kind: .fullAttention, layers: global)) }
+        groups.append(CacheGroupSpec(kind: .slidingWindow(window), layers: local))
+        return groups
+    }
 
     public var cacheLayout: KVCacheLayout { KVCacheLayout(specs: cacheGroups, layerCount: config.layerCount) }
 
@@ -125,7 +168,7 @@ public final class LlamaModel: LanguageModel {
     }
 
     public func makeKVMemory(capacity: Int) -> ContiguousKVMemory {
-        ContiguousKVMemory(layers: config.layerCount, rowWidth: kvDim, capacity: capacity)
+        ContiguousKVMemory(layers: config.layerCount, rowWidth: kvDim, capacity: capacity, layout: cacheLayout)
     }
 
     public func makeWorkspace(maxTokens: Int, maxContext: Int, pool: WorkerPool) -> ModelWorkspace {
@@ -170,6 +213,7 @@ public final class LlamaModel: LanguageModel {
                 ws.rowPosition[row] = start + j
                 ws.rowItem[row] = i
                 tern_dequantize_row(embType, tokenEmbedding.data + Int(t) * tokenEmbedding.rowBytes, ws.x + row * dim, Int64(dim))
+                if cfg.embeddingScale != 1 { VectorOps.scale(ws.x + row * dim, cfg.embeddingScale, count: dim) }
                 if item.logitRows.contains(j) { ws.logitSourceRows.append(row) }
                 row += 1
             }
@@ -193,24 +237,37 @@ public final class LlamaModel: LanguageModel {
             if let b = layer.bq { addBias(q, b, rows: m) }
             if let b = layer.bk { addBias(k, b, rows: m) }
             if let b = layer.bv { addBias(v, b, rows: m) }
-            ws.applyRope(q, heads: cfg.headCount, rows: m, model: self)
-            ws.applyRope(k, heads: cfg.kvHeadCount, rows: m, model: self)
+            if let qn = layer.qNorm, let kn = layer.kNorm {
+                qn.withUnsafeBufferPointer { VectorOps.rmsNorm(q, weight: $0.baseAddress!, eps: cfg.rmsEpsilon, rows: m * cfg.headCount, n: cfg.headDim, output: q) }
+                kn.withUnsafeBufferPointer { VectorOps.rmsNorm(k, weight: $0.baseAddress!, eps: cfg.rmsEpsilon, rows: m * cfg.kvHeadCount, n: cfg.headDim, output: k) }
+            }
+            ws.applyRope(q, heads: cfg.headCount, rows: m, model: self, table: layer.rope)
+            ws.applyRope(k, heads: cfg.kvHeadCount, rows: m, model: self, table: layer.rope)
             for r in 0..<m {
                 memories[ws.rowItem[r]].store(layer: li, position: ws.rowPosition[r], key: k + r * kvDim, value: v + r * kvDim)
             }
             Attention.causal(queries: q, rows: m, layer: li, metadata: ws.attentionMetadata, memories: memories,
                              headCount: cfg.headCount, kvHeadCount: cfg.kvHeadCount, headDim: cfg.headDim,
-                             output: att, workspace: ws)
+                             scale: cfg.queryScale, output: att, workspace: ws)
             qa.quantize(att, rows: m, columns: qDim, pool: pool)
             Linear.apply(layer.wo, input: att, rows: m, quantized: qa, output: tmp, pool: pool)
+            if let pn = layer.postAttentionNorm {
+                pn.withUnsafeBufferPointer { VectorOps.rmsNorm(tmp, weight: $0.baseAddress!, eps: cfg.rmsEpsilon, rows: m, n: dim, output: tmp) }
+            }
             VectorOps.add(x, tmp, count: m * dim)
 
             layer.ffnNorm.withUnsafeBufferPointer { VectorOps.rmsNorm(x, weight: $0.baseAddress!, eps: cfg.rmsEpsilon, rows: m, n: dim, output: xn) }
             qa.quantize(xn, rows: m, columns: dim, pool: pool)
             Linear.applyMany([(layer.gate, gate), (layer.up, up)], input: xn, rows: m, quantized: qa, pool: pool)
-            VectorOps.swiglu(gate: gate, up: up, count: m * cfg.feedForwardLength)
+            switch cfg.activation {
+            case .silu: VectorOps.swiglu(gate: gate, up: up, count: m * cfg.feedForwardLength)
+            case .geluTanh: tern_geglu_tanh(gate, up, Int64(m * cfg.feedForwardLength))
+            }
             qa.quantize(gate, rows: m, columns: cfg.feedForwardLength, pool: pool)
             Linear.apply(layer.down, input: gate, rows: m, quantized: qa, output: tmp, pool: pool)
+            if let pn = layer.postFFNNorm {
+                pn.withUnsafeBufferPointer { VectorOps.rmsNorm(tmp, weight: $0.baseAddress!, eps: cfg.rmsEpsilon, rows: m, n: dim, output: tmp) }
+            }
             VectorOps.add(x, tmp, count: m * dim)
         }
         for (i, item) in batch.enumerated() { memories[i].commit(item.tokens.count) }
@@ -223,6 +280,10 @@ public final class LlamaModel: LanguageModel {
         outputNorm.withUnsafeBufferPointer { VectorOps.rmsNorm(src, weight: $0.baseAddress!, eps: cfg.rmsEpsilon, rows: n, n: dim, output: xn) }
         qa.quantize(xn, rows: n, columns: dim, pool: pool)
         Linear.apply(output, input: xn, rows: n, quantized: qa, output: ws.logits, pool: pool)
+        if let cap = cfg.finalLogitSoftcap {
+            let l = ws.logits
+            for i in 0..<(n * cfg.vocabularySize) { l[i] = cap * tanhf(l[i] / cap) }
+        }
         return ws.logits
     }
 

@@ -13,8 +13,9 @@ public final class LlamaWorkspace: ModelWorkspace {
     public private(set) var logits: UnsafeMutablePointer<Float>
     private var logitRowCapacity: Int
     private let vocabulary: Int
-    /// cos/sin per batch row and rotated pair, for the positions of the current batch.
+    /// cos/sin per rotation table, batch row and rotated pair, for the positions of the current batch.
     private let ropeCos, ropeSin: UnsafeMutablePointer<Float>
+    private let ropeTableStride: Int
     /// One attention-score row per worker thread, as long as the longest context.
     let scores: UnsafeMutablePointer<Float>
     let scoreStride: Int
@@ -63,8 +64,9 @@ public final class LlamaWorkspace: ModelWorkspace {
         tmp = buffer(t * c.embeddingLength)
         gate = buffer(t * c.feedForwardLength)
         up = buffer(t * c.feedForwardLength)
-        ropeCos = buffer(t * c.ropeDimensions / 2)
-        ropeSin = buffer(t * c.ropeDimensions / 2)
+        ropeTableStride = t * c.ropeDimensions / 2
+        ropeCos = buffer(ropeTableStride * model.ropeTables.count)
+        ropeSin = buffer(ropeTableStride * model.ropeTables.count)
         scoreStride = max(1, maxContext)
         scores = buffer(scoreStride * pool.threadCount)
         let group = c.headCount / max(1, c.kvHeadCount)
@@ -101,28 +103,33 @@ public final class LlamaWorkspace: ModelWorkspace {
         logitRowCapacity = n
     }
 
-    /// cos/sin for the positions in `rowPosition[0..<count]`.
+    /// cos/sin of every rotation table for the positions in `rowPosition[0..<count]`.
     func prepareRope(model: LlamaModel, count: Int) {
-        let freqs = model.ropeInverseFrequencies
-        let half = freqs.count
-        let scale = model.config.ropePositionScale
-        for r in 0..<count {
-            let pos = Float(rowPosition[r]) / scale
-            for i in 0..<half {
-                let angle = pos * freqs[i]
-                ropeCos[r * half + i] = cosf(angle)
-                ropeSin[r * half + i] = sinf(angle)
+        for (ti, table) in model.ropeTables.enumerated() {
+            let freqs = table.inverseFrequencies
+            let half = freqs.count
+            let scale = table.positionScale
+            let cosBase = ropeCos + ti * ropeTableStride, sinBase = ropeSin + ti * ropeTableStride
+            for r in 0..<count {
+                let pos = Float(rowPosition[r]) / scale
+                for i in 0..<half {
+                    let angle = pos * freqs[i]
+                    cosBase[r * half + i] = cosf(angle)
+                    sinBase[r * half + i] = sinf(angle)
+                }
             }
         }
     }
 
-    /// Rotates the first ropeDimensions of every head of `rows` rows, in the checkpoint's pairing convention.
-    func applyRope(_ y: UnsafeMutablePointer<Float>, heads: Int, rows: Int, model: LlamaModel) {
+    /// Rotates the first ropeDimensions of every head of `rows` rows with rotation table `table`, in the
+    /// checkpoint's pairing convention.
+    func applyRope(_ y: UnsafeMutablePointer<Float>, heads: Int, rows: Int, model: LlamaModel, table: Int) {
         let hd = model.config.headDim
         let half = model.config.ropeDimensions / 2
         let interleaved = model.config.ropeStyle == .interleaved
+        let cosBase = ropeCos + table * ropeTableStride, sinBase = ropeSin + table * ropeTableStride
         for r in 0..<rows {
-            let cs = ropeCos + r * half, sn = ropeSin + r * half
+            let cs = cosBase + r * half, sn = sinBase + r * half
             for h in 0..<heads {
                 let v = y + (r * heads + h) * hd
                 if interleaved {

@@ -21,23 +21,24 @@ struct StepCostModel {
     /// drafted tokens (about 16 tokens in all, one pass each; larger batches follow the slope of the last two).
     func calibrationSizes(maxDraft: Int, maxTokens: Int) -> [Int] {
         let wanted = [1, 2, 5, maxDraft + 1]
-        return Array(Set(wanted.filter { $0 >= 1 && $0 <= maxTokens && seconds[$0] == nil })).sorted()
+        return Array(Set(wanted.filter { $0 >= 1 && $0 <= maxTokens })).sorted()
     }
 
-    /// A step seen before calibration: small ones count as calibration (the fastest seen), others are ignored.
+    /// A step seen before calibration: small ones count as calibration, others are ignored.
     mutating func observeUncalibrated(tokens n: Int, seconds t: Double, largest: Int) {
-        guard n <= largest else { return }
-        calibrate(tokens: n, seconds: min(t, seconds[n] ?? t))
+        if n <= largest { calibrate(tokens: n, seconds: t) }
     }
 
-    /// A calibration pass: `n` tokens took `t` seconds.
+    /// A calibration pass: `n` tokens took `t` seconds (the fastest pass of a size counts).
     mutating func calibrate(tokens n: Int, seconds t: Double) {
         guard n > 0, t > 0, t.isFinite else { return }
-        if seconds[n] == nil {
+        if let old = seconds[n] {
+            seconds[n] = min(old, t)
+        } else {
             let i = sizes.firstIndex(where: { $0 > n }) ?? sizes.count
             sizes.insert(n, at: i)
+            seconds[n] = t
         }
-        seconds[n] = t
     }
 
     /// A real step of `n` tokens took `t` seconds. Until two sizes are known (no calibration could run) steps
