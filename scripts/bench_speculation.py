@@ -150,28 +150,36 @@ def main():
     a = ap.parse_args()
     workloads = a.workloads.split(",")
     modes = ["off"] + [m for m in a.modes.split(",") if m != "off"]
-    table = {}
-    acceptance = {}
-    texts = {}
-    for mode in modes:
-        extra = a.extra.split() if mode != "off" else []
-        server = Server(a.binary, a.model, a.threads, mode, extra)
-        try:
-            # One warm-up request (the first proposal triggers the one-time step-cost calibration).
-            chat(server.port, "Repeat exactly: one two three four five six seven eight nine ten.", 32)
+    # Every server runs at once (idle ones sleep); each round sends each workload to each mode in turn, so slow
+    # drifts of the machine fall on all modes alike.
+    servers = {}
+    try:
+        for mode in modes:
+            servers[mode] = Server(a.binary, a.model, a.threads, mode, a.extra.split() if mode != "off" else [])
+            # The first proposal triggers the one-time step-cost calibration; get it out of the way.
+            chat(servers[mode].port, "Repeat exactly: one two three four five six seven eight nine ten.", 32)
+            run_workload(servers[mode].port, "edit", 1)
+        samples = {}
+        drafted = {}
+        texts = {}
+        for _ in range(a.rounds):
             for w in workloads:
-                if w == "predicted" and "edit" not in workloads:
-                    run_workload(server.port, "edit", 1)
-                before = (metric(server.port, "tern_spec_decode_draft_tokens_total"), metric(server.port, "tern_spec_decode_accepted_tokens_total"))
-                rate, out = run_workload(server.port, w, a.rounds)
-                after = (metric(server.port, "tern_spec_decode_draft_tokens_total"), metric(server.port, "tern_spec_decode_accepted_tokens_total"))
-                table[(w, mode)] = rate
-                drafted = after[0] - before[0]
-                acceptance[(w, mode)] = (drafted, (after[1] - before[1]) / drafted if drafted else 0)
-                texts[(w, mode)] = out
-                print(f"  {mode:6s} {w:10s} {rate:8.1f} tok/s", file=sys.stderr)
-        finally:
-            server.stop()
+                for mode in modes:
+                    port = servers[mode].port
+                    before = (metric(port, "tern_spec_decode_draft_tokens_total"), metric(port, "tern_spec_decode_accepted_tokens_total"))
+                    rate, out = run_workload(port, w, 1)
+                    after = (metric(port, "tern_spec_decode_draft_tokens_total"), metric(port, "tern_spec_decode_accepted_tokens_total"))
+                    samples.setdefault((w, mode), []).append(rate)
+                    d = drafted.setdefault((w, mode), [0, 0])
+                    d[0] += after[0] - before[0]
+                    d[1] += after[1] - before[1]
+                    texts[(w, mode)] = out
+                    print(f"  {mode:6s} {w:10s} {rate:8.1f} tok/s", file=sys.stderr)
+    finally:
+        for s in servers.values():
+            s.stop()
+    table = {k: statistics.median(v) for k, v in samples.items()}
+    acceptance = {k: (v[0], v[1] / v[0] if v[0] else 0) for k, v in drafted.items()}
     print(f"| workload | " + " | ".join(f"{m} tok/s" for m in modes) + " | " + " | ".join(f"{m}/off" for m in modes[1:])
           + " | drafted (accepted) |")
     print("|---" * (1 + 2 * len(modes)) + "|")

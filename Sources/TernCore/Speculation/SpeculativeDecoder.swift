@@ -52,20 +52,22 @@ enum DraftSource: Int, Sendable {
 struct AcceptanceRate {
     private var accepted: Double
     private var rejected: Double
-    static let decay = 0.7
+    /// How much of the past each new verification keeps.
+    let decay: Double
 
     /// A prior worth two observations.
-    init(prior: Double) {
+    init(prior: Double, decay: Double = 0.7) {
         accepted = 2 * prior
         rejected = 2 * (1 - prior)
+        self.decay = decay
     }
 
     var value: Double { accepted / max(accepted + rejected, 1e-9) }
 
     mutating func record(drafted: Int, accepted a: Int) {
         guard drafted > 0 else { return }
-        accepted = accepted * Self.decay + Double(a)
-        rejected = rejected * Self.decay + (a < drafted ? 1 : 0)
+        accepted = accepted * decay + Double(a)
+        rejected = rejected * decay + (a < drafted ? 1 : 0)
     }
 }
 
@@ -73,7 +75,8 @@ struct AcceptanceRate {
 struct SequenceSpeculation {
     var enabled: Bool
     var prediction: PredictionCursor?
-    var rates: [AcceptanceRate] = [AcceptanceRate(prior: 0.5), AcceptanceRate(prior: 0.8), AcceptanceRate(prior: 0.6)]
+    /// Per draft source; empty until the sequence first drafts, then started from the server-wide rates.
+    var rates: [AcceptanceRate] = []
     /// The proposal for the next step (before the length is chosen) and the draft that step verifies.
     var proposal: [Int32] = []
     var draft: [Int32] = []
@@ -102,6 +105,9 @@ final class SpeculativeDecoder {
     let configuration: SpeculationConfiguration
     private(set) var cost = StepCostModel()
     private(set) var metrics = SpeculationMetrics()
+    /// Acceptance per draft source over every sequence: where a new sequence's own rates start, so each request
+    /// does not pay for learning again that, say, free text is a poor source of lookups.
+    private var serverRates = [0.5, 0.8, 0.6].map { AcceptanceRate(prior: $0, decay: 0.95) }
     /// Set once calibration was tried (it needs free KV blocks, so it may be skipped).
     var calibrationAttempted = false
     /// The draft model, when one is loaded and the mode uses it.
@@ -144,6 +150,7 @@ final class SpeculativeDecoder {
         for s in sequences {
             s.speculation.draft.removeAll(keepingCapacity: true)
             guard s.speculation.enabled else { continue }
+            if s.speculation.rates.isEmpty { s.speculation.rates = serverRates.map { AcceptanceRate(prior: $0.value) } }
             let room = room(s)
             guard room > 0 else { continue }
             propose(s, limit: room)
@@ -240,6 +247,7 @@ final class SpeculativeDecoder {
     func record(_ s: SequenceState, drafted: Int, accepted: Int) {
         guard drafted > 0 else { return }
         s.speculation.rates[s.speculation.source.rawValue].record(drafted: drafted, accepted: accepted)
+        serverRates[s.speculation.source.rawValue].record(drafted: drafted, accepted: accepted)
         s.speculation.drafted += drafted
         s.speculation.accepted += accepted
         metrics.draftedTokens += drafted
