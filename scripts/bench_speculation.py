@@ -138,6 +138,38 @@ def run_workload(port, name, rounds):
 expected_edit = {}
 
 
+def llamacpp_rows(a, workloads, texts):
+    """llama.cpp on the same chat prompts, greedy: plain, and with its prompt-lookup draft (llama-cpp-python's
+    LlamaPromptLookupDecoding, the n-gram lookup of llama.cpp's lookup example); median of the rounds."""
+    from llama_cpp import Llama
+    from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+    prompts = {"repeat": ("Repeat the following text exactly, word for word.\n\n" + PARAGRAPH, 160),
+               "edit": ("Rename the variable `subtotal` to `net` in this Python code and return the whole code:\n\n" + CODE, 200),
+               "free": (FREE[0], 200)}
+    models = {"plain": Llama(model_path=a.model, n_ctx=2048, n_threads=a.threads, n_batch=512, verbose=False),
+              "lookup": Llama(model_path=a.model, n_ctx=2048, n_threads=a.threads, n_batch=512, verbose=False,
+                              draft_model=LlamaPromptLookupDecoding(max_ngram_size=3, num_pred_tokens=8))}
+    rates = {}
+    for _ in range(a.rounds):
+        for w in workloads:
+            if w not in prompts:
+                continue
+            for name, llm in models.items():
+                llm.reset()
+                content, max_tokens = prompts[w]
+                t0 = time.time()
+                r = llm.create_chat_completion(messages=[{"role": "user", "content": content}], max_tokens=max_tokens, temperature=0)
+                rates.setdefault((w, name), []).append(r["usage"]["completion_tokens"] / (time.time() - t0))
+    print("llama.cpp (llama-cpp-python 0.3.x), same prompts, one stream:")
+    print("| workload | llama.cpp tok/s | llama.cpp + prompt lookup tok/s | ratio |")
+    print("|---|---|---|---|")
+    for w in workloads:
+        if (w, "plain") in rates:
+            p, l = statistics.median(rates[(w, "plain")]), statistics.median(rates[(w, "lookup")])
+            print(f"| {w} | {p:.1f} | {l:.1f} | {l / p:.2f}× |")
+    print()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--modes", default="auto", help="comma-separated --spec modes compared with off")
@@ -147,6 +179,8 @@ def main():
     ap.add_argument("--binary", default=os.path.join(ROOT, ".build/release/tern"))
     ap.add_argument("--workloads", default="repeat,edit,predicted,free,free@8,free@32")
     ap.add_argument("--extra", default="", help="more serve arguments for the speculating modes")
+    ap.add_argument("--llamacpp", action="store_true",
+                    help="also time llama.cpp (llama-cpp-python) on the one-stream workloads, without and with its prompt lookup")
     a = ap.parse_args()
     workloads = a.workloads.split(",")
     modes = ["off"] + [m for m in a.modes.split(",") if m != "off"]
@@ -180,6 +214,8 @@ def main():
             s.stop()
     table = {k: statistics.median(v) for k, v in samples.items()}
     acceptance = {k: (v[0], v[1] / v[0] if v[0] else 0) for k, v in drafted.items()}
+    if a.llamacpp:
+        llamacpp_rows(a, [w for w in workloads if "@" not in w], texts)
     print(f"| workload | " + " | ".join(f"{m} tok/s" for m in modes) + " | " + " | ".join(f"{m}/off" for m in modes[1:])
           + " | drafted (accepted) |")
     print("|---" * (1 + 2 * len(modes)) + "|")
