@@ -196,9 +196,11 @@ def main():
         samples = {}
         drafted = {}
         texts = {}
-        for _ in range(a.rounds):
+        for round in range(a.rounds):
             for w in workloads:
-                for mode in modes:
+                # The order of the modes alternates from round to round (the second of two runs in a row is often
+                # a little slower or faster; it must not always be the same mode).
+                for mode in (modes if round % 2 == 0 else modes[::-1]):
                     port = servers[mode].port
                     before = (metric(port, "tern_spec_decode_draft_tokens_total"), metric(port, "tern_spec_decode_accepted_tokens_total"))
                     rate, out = run_workload(port, w, 1)
