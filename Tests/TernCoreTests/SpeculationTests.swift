@@ -145,7 +145,10 @@ final class SpeculationTests: XCTestCase {
         let plain = try makeEngine(m, speculation: SpeculationConfiguration(mode: .off))
         let expected = try run(plain, [EngineRequest(promptTokens: prompt, maxTokens: 80)])[0].tokens[0] ?? []
         plain.stop()
-        let e = try makeEngine(m, speculation: SpeculationConfiguration(mode: .auto))
+        // Whole proposals verified (how long drafts are when adaptive depends on this machine's step costs).
+        var config = SpeculationConfiguration(mode: .auto)
+        config.adaptive = false
+        let e = try makeEngine(m, speculation: config)
         // The prediction is the answer itself, then a prediction with an edit in the middle.
         var edited = expected
         edited.replaceSubrange(30..<34, with: [m.tokenizer.encode(" banana")[0]])
@@ -156,7 +159,7 @@ final class SpeculationTests: XCTestCase {
             XCTAssertGreaterThanOrEqual(usage.acceptedPredictionTokens, minimum)
             XCTAssertEqual(usage.acceptedPredictionTokens + usage.rejectedPredictionTokens, prediction.count)
             // The output is drafted nearly whole.
-            XCTAssertGreaterThan(usage.acceptedDraftTokens, expected.count / 2)
+            XCTAssertGreaterThan(usage.acceptedDraftTokens, expected.count * 2 / 3)
         }
         // Opting out: no drafts; usage still says how much of the prediction the output followed.
         let out = try run(e, [EngineRequest(promptTokens: prompt, maxTokens: 80, prediction: expected, speculative: false)])[0]
