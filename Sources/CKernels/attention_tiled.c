@@ -100,16 +100,39 @@ static void finish(int64_t hd, int64_t nq, int64_t heads, const float *acc, cons
     }
 }
 
+/* The running state of query i as [m, l, acc[0..hd)] at state + i * (hd + 2): handed from one call to the next, the
+   second continues the online softmax exactly where the first stopped (RelayAttention's shared prefix, then each
+   member's own positions), so the result is the same, bit for bit, as one call over both key ranges. */
+static void load_state(int64_t hd, int64_t nq, const float *state, float *acc, float *m, float *l) {
+    for (int64_t i = 0; i < nq; i++) {
+        const float *s = state + i * (hd + 2);
+        m[i] = s[0];
+        l[i] = s[1];
+        memcpy(acc + i * hd, s + 2, (size_t)hd * sizeof(float));
+    }
+}
+
+static void save_state(int64_t hd, int64_t nq, const float *acc, const float *m, const float *l, float *state) {
+    for (int64_t i = 0; i < nq; i++) {
+        float *s = state + i * (hd + 2);
+        s[0] = m[i];
+        s[1] = l[i];
+        memcpy(s + 2, acc + i * hd, (size_t)hd * sizeof(float));
+    }
+}
+
 /* ---------- scalar ---------- */
 
 static void tiled_scalar(int t, int64_t hd, float scale, const float *q, int64_t rows, int64_t heads,
                          size_t q_row_stride, int64_t pos0, int64_t window, const tern_kv_segment *segs, int64_t nseg,
                          size_t layer_offset, size_t row_bytes, size_t head_offset, int64_t k_lo, int64_t k_hi,
-                         float *work, float *out, size_t out_row_stride, float *lse) {
+                         float *work, float *out, size_t out_row_stride, float *lse, const float *state_in,
+                         float *state_out) {
     const int64_t nq = rows * heads;
     float *kt, *v, *acc, *sc, *m, *l, *tmp;
     int64_t first, last;
     begin(work, hd, nq, rows, pos0, window, k_lo, k_hi, &kt, &v, &acc, &sc, &m, &l, &tmp, &first, &last);
+    if (state_in) load_state(hd, nq, state_in, acc, m, l);
     int64_t cursor = 0;
     for (int64_t a = first - first % TT; a < last; a += TT) {
         const uint32_t valid = load_tile(t, hd, segs, nseg, &cursor, layer_offset, row_bytes, head_offset, a, k_lo, k_hi, kt, v, tmp);
@@ -143,7 +166,8 @@ static void tiled_scalar(int t, int64_t hd, float scale, const float *q, int64_t
             m[i] = mn;
         }
     }
-    finish(hd, nq, heads, acc, m, l, out, out_row_stride, lse);
+    if (state_out) save_state(hd, nq, acc, m, l, state_out);
+    else finish(hd, nq, heads, acc, m, l, out, out_row_stride, lse);
 }
 
 #ifdef TERN_X86
@@ -239,11 +263,13 @@ INL2 int load_full_tile_avx2(int t, int64_t hd, const tern_kv_segment *segs, int
 TGT2 static void tiled_avx2(int t, int64_t hd, float scale, const float *q, int64_t rows, int64_t heads,
                             size_t q_row_stride, int64_t pos0, int64_t window, const tern_kv_segment *segs, int64_t nseg,
                             size_t layer_offset, size_t row_bytes, size_t head_offset, int64_t k_lo, int64_t k_hi,
-                            float *work, float *out, size_t out_row_stride, float *lse) {
+                            float *work, float *out, size_t out_row_stride, float *lse, const float *state_in,
+                            float *state_out) {
     const int64_t nq = rows * heads;
     float *kt, *v, *acc, *sc, *m, *l, *tmp;
     int64_t first, last;
     begin(work, hd, nq, rows, pos0, window, k_lo, k_hi, &kt, &v, &acc, &sc, &m, &l, &tmp, &first, &last);
+    if (state_in) load_state(hd, nq, state_in, acc, m, l);
     const __m256 vscale = _mm256_set1_ps(scale);
     int64_t cursor = 0;
     for (int64_t a = first - first % TT; a < last; a += TT) {
@@ -324,23 +350,33 @@ TGT2 static void tiled_avx2(int t, int64_t hd, float scale, const float *q, int6
             }
         }
     }
-    finish(hd, nq, heads, acc, m, l, out, out_row_stride, lse);
+    if (state_out) save_state(hd, nq, acc, m, l, state_out);
+    else finish(hd, nq, heads, acc, m, l, out, out_row_stride, lse);
 }
 #endif
 
-void tern_attn_tiled(int kv_type, int64_t hd, float scale, const float *q, int64_t rows, int64_t heads,
-                     size_t q_row_stride, int64_t pos0, int64_t window, const tern_kv_segment *segs, int64_t nseg,
-                     size_t layer_offset, size_t row_bytes, size_t head_offset, int64_t k_lo, int64_t k_hi,
-                     float *work, float *out, size_t out_row_stride, float *lse) {
+void tern_attn_tiled_state(int kv_type, int64_t hd, float scale, const float *q, int64_t rows, int64_t heads,
+                           size_t q_row_stride, int64_t pos0, int64_t window, const tern_kv_segment *segs, int64_t nseg,
+                           size_t layer_offset, size_t row_bytes, size_t head_offset, int64_t k_lo, int64_t k_hi,
+                           float *work, float *out, size_t out_row_stride, float *lse, const float *state_in,
+                           float *state_out) {
     if (rows <= 0 || heads <= 0 || hd <= 0) return;
     if (kv_type == TERN_Q8_0 && hd % TERN_QK != 0) return;
 #ifdef TERN_X86
     if (tern_active_path() >= TERN_PATH_AVX2) {
         tiled_avx2(kv_type, hd, scale, q, rows, heads, q_row_stride, pos0, window, segs, nseg, layer_offset, row_bytes,
-                   head_offset, k_lo, k_hi, work, out, out_row_stride, lse);
+                   head_offset, k_lo, k_hi, work, out, out_row_stride, lse, state_in, state_out);
         return;
     }
 #endif
     tiled_scalar(kv_type, hd, scale, q, rows, heads, q_row_stride, pos0, window, segs, nseg, layer_offset, row_bytes,
-                 head_offset, k_lo, k_hi, work, out, out_row_stride, lse);
+                 head_offset, k_lo, k_hi, work, out, out_row_stride, lse, state_in, state_out);
+}
+
+void tern_attn_tiled(int kv_type, int64_t hd, float scale, const float *q, int64_t rows, int64_t heads,
+                     size_t q_row_stride, int64_t pos0, int64_t window, const tern_kv_segment *segs, int64_t nseg,
+                     size_t layer_offset, size_t row_bytes, size_t head_offset, int64_t k_lo, int64_t k_hi,
+                     float *work, float *out, size_t out_row_stride, float *lse) {
+    tern_attn_tiled_state(kv_type, hd, scale, q, rows, heads, q_row_stride, pos0, window, segs, nseg, layer_offset,
+                          row_bytes, head_offset, k_lo, k_hi, work, out, out_row_stride, lse, NULL, NULL);
 }

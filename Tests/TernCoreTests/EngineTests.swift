@@ -371,33 +371,39 @@ final class SharedPromptTests: XCTestCase {
         return e
     }
 
-    /// Logits of two forks decoding different tokens after a shared 48-token prefix: relay on equals relay off.
-    func testRelayLogitsEqualPlainAttention() throws {
-        let m = try fixtureModel()
-        let llama = try XCTUnwrap(m.llama)
-        let prefix: [Int32] = (0..<48).map { Int32(($0 * 11 + 3) % 300) }
-        var results: [[Float]] = []
-        for relay in [false, true] {
-            let pool = try KVBlockPool(layers: llama.config.layerCount, rowWidth: llama.kvDim, blockSize: 4, storage: .f32, bytes: 4 << 20)
-            let ws = m.model.makeWorkspace(maxTokens: 64, maxContext: 128, pool: WorkerPool(threads: 2))
-            ws.relayEnabled = relay
-            let a = PagedKVMemory(pool: pool, capacity: 128)
-            _ = try m.model.forward(tokens: prefix, memory: a, workspace: ws, logitRows: 0..<0)
-            let forks = [a, a.fork(), a.fork()]
-            // Two more steps: the forks' own blocks grow apart after the shared prefix.
-            var logits: [Float] = []
-            for step in 0..<2 {
-                let items = forks.enumerated().map { ForwardItem(tokens: [Int32(5 + $0.offset * 7 + step)], memory: $0.element, logitRows: 0..<1) }
-                let p = try m.model.forward(items, workspace: ws)
-                logits += Array(UnsafeBufferPointer(start: p, count: 3 * m.model.vocabularySize))
-                XCTAssertEqual(ws.attentionStats.relayGroups, relay ? 1 : 0)
-                if relay { XCTAssertEqual(ws.attentionStats.relayPrefixTokensRead, 48) }
+    /// Logits of forks decoding different tokens after a shared prefix: relay on equals relay off bit for bit (the
+    /// members continue the shared pass's softmax state), on the f32 fixture and on the real quantized model, whose
+    /// 8-bit activations would carry any rounding difference on to the logits.
+    func testRelayLogitsEqualPlainAttentionExactly() throws {
+        var cases = [(TestPaths.fixture("llama/llama-f32.gguf"), 48, 4, 3)]
+        if let smol = try? TestPaths.requireDefaultModel() { cases += [(smol, 80, 16, 2), (smol, 70, 16, 3)] }
+        for (path, prefixLength, blockSize, forkCount) in cases {
+            let m = try LoadedModel(path: path)
+            let llama = try XCTUnwrap(m.llama)
+            let prefix: [Int32] = (0..<prefixLength).map { Int32(($0 * 11 + 3) % 300) }
+            var results: [[Float]] = []
+            for relay in [false, true] {
+                let pool = try KVBlockPool(layers: llama.config.layerCount, rowWidth: llama.kvDim, blockSize: blockSize, storage: .f32,
+                                           bytes: 16 << 20)
+                let ws = m.model.makeWorkspace(maxTokens: 128, maxContext: 256, pool: WorkerPool(threads: 2))
+                ws.relayEnabled = relay
+                let a = PagedKVMemory(pool: pool, capacity: 256)
+                _ = try m.model.forward(tokens: prefix, memory: a, workspace: ws, logitRows: 0..<0)
+                var forks = [a]
+                for _ in 1..<forkCount { forks.append(a.fork()) }
+                // Two more steps: the forks' own blocks grow apart after the shared prefix.
+                var logits: [Float] = []
+                for step in 0..<2 {
+                    let items = forks.enumerated().map { ForwardItem(tokens: [Int32(5 + $0.offset * 7 + step)], memory: $0.element, logitRows: 0..<1) }
+                    let p = try m.model.forward(items, workspace: ws)
+                    logits += Array(UnsafeBufferPointer(start: p, count: forkCount * m.model.vocabularySize))
+                    XCTAssertEqual(ws.attentionStats.relayGroups, relay ? 1 : 0, path)
+                    if relay { XCTAssertEqual(ws.attentionStats.relayPrefixTokensRead, prefixLength / 16 * 16, path) }
+                }
+                results.append(logits)
             }
-            results.append(logits)
+            XCTAssertTrue(results[0] == results[1], "\(path): relay changed the logits")
         }
-        let scale = results[0].map(abs).max()!
-        let err = zip(results[0], results[1]).map { abs($0 - $1) }.max()!
-        XCTAssertLessThan(err / scale, 1e-5, "relay changes the logits by \(err / scale) of their scale")
     }
 
     /// Eight requests with the same long system prompt, submitted together: one computes it, seven attach to its

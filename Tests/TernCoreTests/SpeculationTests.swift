@@ -81,8 +81,6 @@ final class SpeculationTests: XCTestCase {
 
     // MARK: on the engine
 
-    /// Relay off where outputs are compared bit for bit: a relay group's merge rounds differently from one pass over
-    /// the keys, and a quantized model's 8-bit activations can carry that to another token (see README).
     func makeEngine(_ m: LoadedModel, speculation: SpeculationConfiguration, context: Int = 512, blockSize: Int = 16,
                     relay: Bool = true) throws -> Engine {
         var c = EngineConfiguration(threads: 2, contextLength: context, kvCacheBytes: 64 << 20)
@@ -180,12 +178,14 @@ final class SpeculationTests: XCTestCase {
                 return EngineRequest(promptTokens: prompt, maxTokens: 64, sampling: s, n: seed == 3 ? 2 : 1)
             }
         }
-        let plain = try makeEngine(m, speculation: SpeculationConfiguration(mode: .off), relay: false)
+        // The four requests share their prompt, so the plain engine decodes them in relay groups while speculating
+        // sequences (several rows) are not relayed: relay computes exactly what plain attention does.
+        let plain = try makeEngine(m, speculation: SpeculationConfiguration(mode: .off))
         let expected = try run(plain, requests()).map { $0.tokens }
         plain.stop()
         var config = SpeculationConfiguration(mode: .ngram)
         config.adaptive = false
-        let e = try makeEngine(m, speculation: config, relay: false)
+        let e = try makeEngine(m, speculation: config)
         XCTAssertEqual(try run(e, requests()).map { $0.tokens }, expected)
         XCTAssertGreaterThan(e.metrics().speculation.acceptedTokens, 0)
         e.stop()

@@ -58,6 +58,16 @@ void tern_attn_tiled(int kv_type, int64_t hd, float scale, const float *q, int64
                      size_t q_row_stride, int64_t pos0, int64_t window, const tern_kv_segment *segs, int64_t nseg,
                      size_t layer_offset, size_t row_bytes, size_t head_offset, int64_t k_lo, int64_t k_hi,
                      float *work, float *out, size_t out_row_stride, float *lse);
+/* The same, with the running softmax state of each query i = r * heads + h as [max, sum, unnormalised output[hd]]
+   at state + i * (hd + 2): `state_in` (if not NULL) is where the computation starts instead of nothing seen, and
+   `state_out` (if not NULL) receives the state instead of `out` and `lse` getting the result. A call over keys
+   [a, b) with state_out followed by one over [b, c) with that state_in equals one call over [a, c) bit for bit,
+   when b is a multiple of 16 (tiles are cut at multiples of 16). */
+void tern_attn_tiled_state(int kv_type, int64_t hd, float scale, const float *q, int64_t rows, int64_t heads,
+                           size_t q_row_stride, int64_t pos0, int64_t window, const tern_kv_segment *segs, int64_t nseg,
+                           size_t layer_offset, size_t row_bytes, size_t head_offset, int64_t k_lo, int64_t k_hi,
+                           float *work, float *out, size_t out_row_stride, float *lse, const float *state_in,
+                           float *state_out);
 
 /* Merges a partial result (o_b, lse_b) over one key set into (o_a, *lse_a) over a disjoint key set, in place:
    o = w o_a + (1 - w) o_b with w = 1 / (1 + exp(lse_b - lse_a)); lse = log(exp(lse_a) + exp(lse_b)). */

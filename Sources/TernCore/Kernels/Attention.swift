@@ -11,7 +11,10 @@
 // RelayAttention (arXiv 2402.14808): decoding sequences whose block tables start with the same physical blocks (a
 // shared system prompt) form a relay group. Per KV head, one pass of the tiled kernel computes the attention of
 // every member's queries over the shared prefix — the prefix KV is read once per step, not once per sequence —
-// and one pass per member covers its own positions; the two partial results merge exactly by log-sum-exp.
+// and hands each query's running softmax state (max, sum, unnormalised output) to one pass per member over its own
+// positions, which continues from it. The prefix ends on a 16-position tile boundary, so the member computes
+// exactly what one pass over all its keys would, bit for bit: a relay group changes no output (a merge by
+// log-sum-exp would round differently, and a quantized model's 8-bit activations can carry that to another token).
 //
 // Score sinks need each position's final weight, which online softmax only knows at the end: when a sink is
 // attached, that item's rows go through tern_attn_rows (two passes), which adds the weights as it goes.
@@ -33,6 +36,8 @@ struct AttentionTask {
     var relay: Int = -1
     /// A relay group's shared-prefix pass over members [row0, row0 + rows) of its gathered order.
     var shared = false
+    /// A relay member's own pass: its place in the gathered order (where the shared pass left its state).
+    var gathered = -1
 }
 
 /// Decoding sequences that share their first `prefix` positions in the same physical blocks.
@@ -63,8 +68,12 @@ struct AttentionPlan {
     var relayGroups: [RelayGroup] = []
     var stats = AttentionStats()
     static let rowTile = 16
+    /// Relay members' own passes, which start from the shared passes' states (run after `tasks`).
+    var relayOwnTasks: [AttentionTask] = []
     /// Shortest shared prefix worth a relay pass.
     static let relayMinimumPrefix = 32
+    /// The kernel's key tile: a relay prefix ends on a multiple of it.
+    static let keyTile = 16
 
     /// Plans the tasks of a batch whose items' rows are contiguous (`lastRowOfItem` ascending).
     mutating func plan(items: Int, lastRowOfItem: [Int], rowPosition: [Int], kvHeads: Int, threads: Int, maxParts: Int,
@@ -72,6 +81,7 @@ struct AttentionPlan {
         tasks.removeAll(keepingCapacity: true)
         families.removeAll(keepingCapacity: true)
         relayGroups.removeAll(keepingCapacity: true)
+        relayOwnTasks.removeAll(keepingCapacity: true)
         stats = AttentionStats()
         var relayOf = [Int](repeating: -1, count: items)
         if relay && items >= 2 { findRelayGroups(items: items, lastRowOfItem: lastRowOfItem, rowPosition: rowPosition,
@@ -90,10 +100,11 @@ struct AttentionPlan {
                 }
                 k += n
             }
-            for (r, item) in zip(group.rows, group.items) {
+            for (k, (r, item)) in zip(group.rows, group.items).enumerated() {
                 for h in 0..<kvHeads {
-                    tasks.append(AttentionTask(item: item, kvHead: h, row0: r, rows: 1, keyLow: group.prefix,
-                                               keyHigh: rowPosition[r] + 1, part: -1, relay: g))
+                    relayOwnTasks.append(AttentionTask(item: item, kvHead: h, row0: r, rows: 1, keyLow: group.prefix,
+                                                       keyHigh: rowPosition[r] + 1, part: -1, relay: g,
+                                                       gathered: group.gathered + k))
                 }
             }
         }
@@ -161,8 +172,9 @@ extension AttentionPlan {
                 lowest = min(lowest, rowPosition[lastRowOfItem[item]])
             }
             let bs = (memories[members[0]] as! PagedKVMemory).blockSize
-            // Every member must see the whole prefix: it lies before each member's own query position.
-            let prefix = min(common * bs, lowest)
+            // Every member must see the whole prefix (it lies before each member's own query position), and it ends
+            // on a key tile so the members' own passes continue the shared one exactly.
+            let prefix = min(common * bs, lowest) / Self.keyTile * Self.keyTile
             guard prefix >= Self.relayMinimumPrefix else { continue }
             let g = relayGroups.count
             for item in members { relayOf[item] = g }
@@ -212,10 +224,10 @@ enum Attention {
                         continue
                     }
                     if task.relay >= 0 {
-                        relayTask(task, relayGroups[task.relay], q: q, qDim: qDim, group: group, hd: hd, scale: scale,
-                                  kvType: kvType, sliceOffset: sliceOffset, rowBytes: rowBytes, segs: segs, range: range,
+                        relayTask(task, q: q, qDim: qDim, group: group, hd: hd, scale: scale, kvType: kvType,
+                                  sliceOffset: sliceOffset, rowBytes: rowBytes, segs: segs, range: range,
                                   layerOffset: memory.layerOffset(layer), headCount: headCount, out: out, ws: ws,
-                                  work: work, lse: lse)
+                                  work: work, lse: lse, tid: tid)
                         continue
                     }
                     let toPart = task.part >= 0
@@ -228,12 +240,25 @@ enum Attention {
                 }
             }
         }
-        // Merge each relay member's own attention with the shared prefix's.
-        for g in relayGroups {
-            for (k, r) in g.rows.enumerated() {
-                for h in 0..<headCount {
-                    tern_attn_merge(Int64(hd), out + r * qDim + h * hd, ws.relayLseOwn + r * headCount + h,
-                                    ws.relayShared + (g.gathered + k) * qDim + h * hd, ws.relayLseShared[(g.gathered + k) * headCount + h])
+        // Relay members' own positions, continuing from the shared passes' states.
+        let own = ws.attentionPlan.relayOwnTasks
+        if !own.isEmpty {
+            metadata.segments.withUnsafeBufferPointer { segments in
+                let segs = segments.baseAddress
+                ws.pool.run { tid in
+                    let work = ws.attentionWork + tid * ws.attentionWorkStride
+                    let lse = ws.lse + tid * ws.lseStride
+                    var t = tid
+                    while t < own.count {
+                        let task = own[t]
+                        t += threads
+                        let memory = memories[task.item]
+                        let (kvType, sliceOffset) = kvSlice(memory.storage, kvHead: task.kvHead, hd: hd)
+                        relayTask(task, q: q, qDim: qDim, group: group, hd: hd, scale: scale, kvType: kvType,
+                                  sliceOffset: sliceOffset, rowBytes: memory.storage.rowBytes(memory.rowWidth), segs: segs,
+                                  range: metadata.range(item: task.item, group: cacheGroup), layerOffset: memory.layerOffset(layer),
+                                  headCount: headCount, out: out, ws: ws, work: work, lse: lse, tid: tid)
+                    }
                 }
             }
         }
@@ -255,28 +280,32 @@ enum Attention {
         }
     }
 
-    /// One pass of a relay group: the shared prefix for a tile of members (keys [0, prefix)), or one member's own
-    /// positions (keys [prefix, position]); each keeps its log-sum-exp for the merge.
-    private static func relayTask(_ task: AttentionTask, _ g: RelayGroup, q: UnsafePointer<Float>, qDim: Int, group: Int,
+    /// One pass of a relay group: the shared prefix for a tile of members (keys [0, prefix)), which leaves each
+    /// query's softmax state in `relayState`, or one member's own positions (keys [prefix, position]), which starts
+    /// from that state and writes the finished output.
+    private static func relayTask(_ task: AttentionTask, q: UnsafePointer<Float>, qDim: Int, group: Int,
                                   hd: Int, scale: Float, kvType: Int32, sliceOffset: Int, rowBytes: Int,
                                   segs: UnsafePointer<tern_kv_segment>?, range: Range<Int>, layerOffset: Int,
                                   headCount: Int, out: UnsafeMutablePointer<Float>, ws: LlamaWorkspace,
-                                  work: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>) {
+                                  work: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>, tid: Int) {
         let head0 = task.kvHead * group
+        let stateSize = hd + 2
         if task.shared {
             // No causal limit inside the prefix: every member's position lies after it.
-            tern_attn_tiled(kvType, Int64(hd), scale, ws.relayQ + task.row0 * qDim + head0 * hd, Int64(task.rows), Int64(group),
-                            qDim, 1 << 40, 0, segs.map { $0 + range.lowerBound }, Int64(range.count), layerOffset, rowBytes,
-                            sliceOffset, 0, Int64(task.keyHigh), work, ws.relayShared + task.row0 * qDim + head0 * hd, qDim, lse)
+            let scratch = ws.relayStateScratch + tid * ws.relayStateScratchStride
+            tern_attn_tiled_state(kvType, Int64(hd), scale, ws.relayQ + task.row0 * qDim + head0 * hd, Int64(task.rows), Int64(group),
+                                  qDim, 1 << 40, 0, segs.map { $0 + range.lowerBound }, Int64(range.count), layerOffset, rowBytes,
+                                  sliceOffset, 0, Int64(task.keyHigh), work, nil, 0, nil, nil, scratch)
             for r in 0..<task.rows {
-                (ws.relayLseShared + (task.row0 + r) * headCount + head0).update(from: lse + r * group, count: group)
+                (ws.relayState + ((task.row0 + r) * headCount + head0) * stateSize)
+                    .update(from: scratch + r * group * stateSize, count: group * stateSize)
             }
         } else {
-            tern_attn_tiled(kvType, Int64(hd), scale, q + task.row0 * qDim + head0 * hd, 1, Int64(group), qDim,
-                            Int64(ws.rowPosition[task.row0]), 0, segs.map { $0 + range.lowerBound }, Int64(range.count),
-                            layerOffset, rowBytes, sliceOffset, Int64(task.keyLow), Int64(task.keyHigh), work,
-                            out + task.row0 * qDim + head0 * hd, qDim, lse)
-            (ws.relayLseOwn + task.row0 * headCount + head0).update(from: lse, count: group)
+            tern_attn_tiled_state(kvType, Int64(hd), scale, q + task.row0 * qDim + head0 * hd, 1, Int64(group), qDim,
+                                  Int64(ws.rowPosition[task.row0]), 0, segs.map { $0 + range.lowerBound }, Int64(range.count),
+                                  layerOffset, rowBytes, sliceOffset, Int64(task.keyLow), Int64(task.keyHigh), work,
+                                  out + task.row0 * qDim + head0 * hd, qDim, lse,
+                                  ws.relayState + (task.gathered * headCount + head0) * stateSize, nil)
         }
     }
 

@@ -31,7 +31,10 @@ public final class LlamaWorkspace: ModelWorkspace {
     let maxParts: Int
     var attentionPlan = AttentionPlan()
     /// RelayAttention buffers: gathered queries, shared-prefix outputs, and both passes' log-sum-exps.
-    let relayQ, relayShared, relayLseShared, relayLseOwn: UnsafeMutablePointer<Float>
+    /// Relay groups: members' queries gathered, the shared passes' softmax states per (member, query head) as
+    /// [max, sum, output[headDim]], and per-thread room for one shared pass's states.
+    let relayQ, relayState, relayStateScratch: UnsafeMutablePointer<Float>
+    let relayStateScratchStride: Int
     /// Whether decoding sequences that share prefix blocks go through RelayAttention.
     public var relayEnabled = true
     public var attentionStats: AttentionStats { attentionPlan.stats }
@@ -78,9 +81,9 @@ public final class LlamaWorkspace: ModelWorkspace {
         partials = buffer(maxParts * AttentionPlan.rowTile * group * c.headDim)
         partialLse = buffer(maxParts * AttentionPlan.rowTile * group)
         relayQ = buffer(t * model.qDim)
-        relayShared = buffer(t * model.qDim)
-        relayLseShared = buffer(t * c.headCount)
-        relayLseOwn = buffer(t * c.headCount)
+        relayState = buffer(t * c.headCount * (c.headDim + 2))
+        relayStateScratchStride = AttentionPlan.rowTile * group * (c.headDim + 2)
+        relayStateScratch = buffer(relayStateScratchStride * pool.threadCount)
         attentionMetadata = AttentionMetadata(layout: model.cacheLayout)
         self.scratch = scratch
         quantized = QuantizedActivations(maxRows: t, maxColumns: max(c.embeddingLength, c.feedForwardLength, model.qDim))
