@@ -205,62 +205,46 @@ enum Attention {
         }
         metadata.segments.withUnsafeBufferPointer { segments in
             let segs = segments.baseAddress
-            ws.pool.run { tid in
-                let work = ws.attentionWork + tid * ws.attentionWorkStride
-                let lse = ws.lse + tid * ws.lseStride
-                var t = tid
-                while t < tasks.count {
-                    let task = tasks[t]
-                    t += threads
-                    let memory = memories[task.item]
-                    let (kvType, sliceOffset) = kvSlice(memory.storage, kvHead: task.kvHead, hd: hd)
-                    let range = metadata.range(item: task.item, group: cacheGroup)
-                    let qBase = q + task.row0 * qDim + task.kvHead * group * hd
-                    let rowBytes = memory.storage.rowBytes(memory.rowWidth)
-                    if metadata.sinks[task.item] != nil {
-                        rowsWithSink(task: task, q: qBase, qDim: qDim, group: group, hd: hd, scale: scale, window: window,
-                                     kvType: kvType, sliceOffset: sliceOffset, rowBytes: rowBytes, segs: segs, range: range,
-                                     layer: layer, memory: memory, metadata: metadata, out: out, ws: ws, tid: tid, lse: lse)
-                        continue
-                    }
-                    if task.relay >= 0 {
-                        relayTask(task, q: q, qDim: qDim, group: group, hd: hd, scale: scale, kvType: kvType,
-                                  sliceOffset: sliceOffset, rowBytes: rowBytes, segs: segs, range: range,
-                                  layerOffset: memory.layerOffset(layer), headCount: headCount, out: out, ws: ws,
-                                  work: work, lse: lse, tid: tid)
-                        continue
-                    }
-                    let toPart = task.part >= 0
-                    let o = toPart ? ws.partials + task.part * partStride : out + task.row0 * qDim + task.kvHead * group * hd
-                    tern_attn_tiled(kvType, Int64(hd), scale, qBase, Int64(task.rows), Int64(group), qDim,
-                                    Int64(ws.rowPosition[task.row0]), Int64(window), segs.map { $0 + range.lowerBound },
-                                    Int64(range.count), memory.layerOffset(layer), rowBytes, sliceOffset,
-                                    Int64(task.keyLow), Int64(task.keyHigh), work, o, toPart ? group * hd : qDim,
-                                    toPart ? ws.partialLse + task.part * AttentionPlan.rowTile * group : lse)
-                }
-            }
-        }
-        // Relay members' own positions, continuing from the shared passes' states.
-        let own = ws.attentionPlan.relayOwnTasks
-        if !own.isEmpty {
-            metadata.segments.withUnsafeBufferPointer { segments in
-                let segs = segments.baseAddress
+            func runAll(_ tasks: [AttentionTask]) {
                 ws.pool.run { tid in
                     let work = ws.attentionWork + tid * ws.attentionWorkStride
                     let lse = ws.lse + tid * ws.lseStride
                     var t = tid
-                    while t < own.count {
-                        let task = own[t]
+                    while t < tasks.count {
+                        let task = tasks[t]
                         t += threads
                         let memory = memories[task.item]
                         let (kvType, sliceOffset) = kvSlice(memory.storage, kvHead: task.kvHead, hd: hd)
-                        relayTask(task, q: q, qDim: qDim, group: group, hd: hd, scale: scale, kvType: kvType,
-                                  sliceOffset: sliceOffset, rowBytes: memory.storage.rowBytes(memory.rowWidth), segs: segs,
-                                  range: metadata.range(item: task.item, group: cacheGroup), layerOffset: memory.layerOffset(layer),
-                                  headCount: headCount, out: out, ws: ws, work: work, lse: lse, tid: tid)
+                        let range = metadata.range(item: task.item, group: cacheGroup)
+                        let qBase = q + task.row0 * qDim + task.kvHead * group * hd
+                        let rowBytes = memory.storage.rowBytes(memory.rowWidth)
+                        if metadata.sinks[task.item] != nil {
+                            rowsWithSink(task: task, q: qBase, qDim: qDim, group: group, hd: hd, scale: scale, window: window,
+                                         kvType: kvType, sliceOffset: sliceOffset, rowBytes: rowBytes, segs: segs, range: range,
+                                         layer: layer, memory: memory, metadata: metadata, out: out, ws: ws, tid: tid, lse: lse)
+                            continue
+                        }
+                        if task.relay >= 0 {
+                            relayTask(task, q: q, qDim: qDim, group: group, hd: hd, scale: scale, kvType: kvType,
+                                      sliceOffset: sliceOffset, rowBytes: rowBytes, segs: segs, range: range,
+                                      layerOffset: memory.layerOffset(layer), headCount: headCount, out: out, ws: ws,
+                                      work: work, lse: lse, tid: tid)
+                            continue
+                        }
+                        let toPart = task.part >= 0
+                        let o = toPart ? ws.partials + task.part * partStride : out + task.row0 * qDim + task.kvHead * group * hd
+                        tern_attn_tiled(kvType, Int64(hd), scale, qBase, Int64(task.rows), Int64(group), qDim,
+                                        Int64(ws.rowPosition[task.row0]), Int64(window), segs.map { $0 + range.lowerBound },
+                                        Int64(range.count), memory.layerOffset(layer), rowBytes, sliceOffset,
+                                        Int64(task.keyLow), Int64(task.keyHigh), work, o, toPart ? group * hd : qDim,
+                                        toPart ? ws.partialLse + task.part * AttentionPlan.rowTile * group : lse)
                     }
                 }
             }
+            runAll(tasks)
+            // Relay members' own positions continue from the shared passes' states, so they run after them.
+            let own = ws.attentionPlan.relayOwnTasks
+            if !own.isEmpty { runAll(own) }
         }
         // Merge the parts of split tasks into the output.
         for family in ws.attentionPlan.families {
