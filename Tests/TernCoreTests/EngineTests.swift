@@ -45,6 +45,24 @@ final class EventCollector: @unchecked Sendable {
     func wait(_ seconds: Double = 120) -> Bool { done.wait(timeout: .now() + seconds) == .success }
 }
 
+/// Engine tests' common steps (engine, Gemma 3 and speculation tests).
+extension XCTestCase {
+    /// Submits every request and waits until each has ended; their collectors, in order.
+    func run(_ e: Engine, _ requests: [EngineRequest]) throws -> [EventCollector] {
+        let collectors = requests.map { _ in EventCollector() }
+        for (r, c) in zip(requests, collectors) { _ = try e.submit(r) { c.handle($0) } }
+        for c in collectors { XCTAssertTrue(c.wait(), "request did not finish") }
+        return collectors
+    }
+
+    func assertAllBlocksFree(_ e: Engine, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertTrue(e.waitUntilIdle(timeout: 10), file: file, line: line)
+        // The engine is idle now: inspect the pool between steps.
+        XCTAssertNil(e.pool.checkInvariants(), file: file, line: line)
+        XCTAssertEqual(e.pool.availableBlocks, e.pool.blockCount, "blocks leaked", file: file, line: line)
+    }
+}
+
 final class EngineTests: XCTestCase {
     /// Distinct deterministic prompts of the given lengths, within the fixture vocabulary.
     static func prompts(count: Int, length: (Int) -> Int) -> [[Int32]] {
@@ -69,20 +87,6 @@ final class EngineTests: XCTestCase {
         let e = try Engine(loaded: m, configuration: c)
         e.start()
         return e
-    }
-
-    func run(_ e: Engine, _ requests: [EngineRequest]) throws -> [EventCollector] {
-        let collectors = requests.map { _ in EventCollector() }
-        for (r, c) in zip(requests, collectors) { _ = try e.submit(r) { c.handle($0) } }
-        for c in collectors { XCTAssertTrue(c.wait(), "request did not finish") }
-        return collectors
-    }
-
-    func assertAllBlocksFree(_ e: Engine, file: StaticString = #filePath, line: UInt = #line) {
-        XCTAssertTrue(e.waitUntilIdle(timeout: 10), file: file, line: line)
-        // Ask the engine thread to publish, then inspect the pool between steps (it is idle now).
-        XCTAssertNil(e.pool.checkInvariants(), file: file, line: line)
-        XCTAssertEqual(e.pool.availableBlocks, e.pool.blockCount, "blocks leaked", file: file, line: line)
     }
 
     func testPagedAttentionEqualsContiguous() throws {

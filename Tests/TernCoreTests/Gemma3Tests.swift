@@ -163,19 +163,6 @@ final class Gemma3Tests: XCTestCase {
         return e
     }
 
-    func run(_ e: Engine, _ requests: [EngineRequest]) throws -> [EventCollector] {
-        let collectors = requests.map { _ in EventCollector() }
-        for (r, c) in zip(requests, collectors) { _ = try e.submit(r) { c.handle($0) } }
-        for c in collectors { XCTAssertTrue(c.wait(), "request did not finish") }
-        return collectors
-    }
-
-    func assertAllBlocksFree(_ e: Engine, file: StaticString = #filePath, line: UInt = #line) {
-        XCTAssertTrue(e.waitUntilIdle(timeout: 10), file: file, line: line)
-        XCTAssertNil(e.pool.checkInvariants(), file: file, line: line)
-        XCTAssertEqual(e.pool.availableBlocks, e.pool.blockCount, "blocks leaked", file: file, line: line)
-    }
-
     func testEngineMatchesReferenceWithPrefixCacheForksAndPreemption() throws {
         let c = try Self.cases()[0]
         let m = try load(c.checkpoint)

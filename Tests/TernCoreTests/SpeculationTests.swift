@@ -94,11 +94,9 @@ final class SpeculationTests: XCTestCase {
         return e
     }
 
-    /// Every request's collector, after all finished.
-    func run(_ e: Engine, _ requests: [EngineRequest]) throws -> [EventCollector] {
-        let collectors = requests.map { _ in EventCollector() }
-        for (r, c) in zip(requests, collectors) { _ = try e.submit(r) { c.handle($0) } }
-        for c in collectors { XCTAssertTrue(c.wait(), "request did not finish") }
+    /// `run`, and none of the requests failed.
+    func runSucceeding(_ e: Engine, _ requests: [EngineRequest]) throws -> [EventCollector] {
+        let collectors = try run(e, requests)
         for c in collectors { XCTAssertNil(c.failure) }
         return collectors
     }
@@ -115,7 +113,7 @@ final class SpeculationTests: XCTestCase {
             EngineRequest(promptTokens: try! m.chatPromptTokens(messages: [ChatMessage(role: "user", content: $0)]), maxTokens: 96)
         }
         let plain = try makeEngine(m, speculation: SpeculationConfiguration(mode: .off))
-        let expected = try run(plain, prompts).map { $0.tokens[0] ?? [] }
+        let expected = try runSucceeding(plain, prompts).map { $0.tokens[0] ?? [] }
         plain.stop()
         for adaptive in [false, true] {
             var config = SpeculationConfiguration(mode: .ngram)
@@ -123,16 +121,15 @@ final class SpeculationTests: XCTestCase {
             let e = try makeEngine(m, speculation: config)
             // One at a time (a lone stream), then all together (verification rows beside other decodes).
             var solo: [[Int32]] = []
-            for p in prompts { solo.append(try run(e, [p])[0].tokens[0] ?? []) }
-            let together = try run(e, prompts)
+            for p in prompts { solo.append(try runSucceeding(e, [p])[0].tokens[0] ?? []) }
+            let together = try runSucceeding(e, prompts)
             XCTAssertEqual(solo, expected, "adaptive \(adaptive): one stream")
             XCTAssertEqual(together.map { $0.tokens[0] ?? [] }, expected, "adaptive \(adaptive): batched")
             let metrics = e.metrics().speculation
             XCTAssertGreaterThan(metrics.draftedTokens, 0)
             XCTAssertGreaterThan(metrics.acceptedTokens, metrics.draftedTokens / 4, "the repeat prompt is mostly accepted")
             XCTAssertEqual(metrics.draftedByPosition.first, metrics.verifications)
-            XCTAssertTrue(e.waitUntilIdle(timeout: 10))
-            XCTAssertEqual(e.pool.usedBlocks, 0, "rejected drafts' blocks went back")
+            assertAllBlocksFree(e)  // rejected drafts' blocks went back
             e.stop()
         }
     }
@@ -141,7 +138,7 @@ final class SpeculationTests: XCTestCase {
         let m = try LoadedModel(path: try TestPaths.requireDefaultModel())
         let prompt = try m.chatPromptTokens(messages: [ChatMessage(role: "user", content: Self.freePrompt)])
         let plain = try makeEngine(m, speculation: SpeculationConfiguration(mode: .off))
-        let expected = try run(plain, [EngineRequest(promptTokens: prompt, maxTokens: 80)])[0].tokens[0] ?? []
+        let expected = try runSucceeding(plain, [EngineRequest(promptTokens: prompt, maxTokens: 80)])[0].tokens[0] ?? []
         plain.stop()
         // Whole proposals verified (how long drafts are when adaptive depends on this machine's step costs).
         var config = SpeculationConfiguration(mode: .auto)
@@ -151,7 +148,7 @@ final class SpeculationTests: XCTestCase {
         var edited = expected
         edited.replaceSubrange(30..<34, with: [m.tokenizer.encode(" banana")[0]])
         for (prediction, minimum) in [(expected, expected.count), (edited, expected.count - 12)] {
-            let out = try run(e, [EngineRequest(promptTokens: prompt, maxTokens: 80, prediction: prediction)])[0]
+            let out = try runSucceeding(e, [EngineRequest(promptTokens: prompt, maxTokens: 80, prediction: prediction)])[0]
             XCTAssertEqual(out.tokens[0] ?? [], expected)
             let usage = try XCTUnwrap(out.usage)
             XCTAssertGreaterThanOrEqual(usage.acceptedPredictionTokens, minimum)
@@ -160,7 +157,7 @@ final class SpeculationTests: XCTestCase {
             XCTAssertGreaterThan(usage.acceptedDraftTokens, expected.count * 2 / 3)
         }
         // Opting out: no drafts; usage still says how much of the prediction the output followed.
-        let out = try run(e, [EngineRequest(promptTokens: prompt, maxTokens: 80, prediction: expected, speculative: false)])[0]
+        let out = try runSucceeding(e, [EngineRequest(promptTokens: prompt, maxTokens: 80, prediction: expected, speculative: false)])[0]
         XCTAssertEqual(out.tokens[0] ?? [], expected)
         XCTAssertEqual(out.usage?.acceptedPredictionTokens, expected.count)
         XCTAssertEqual(out.usage?.rejectedPredictionTokens, 0)
@@ -181,12 +178,12 @@ final class SpeculationTests: XCTestCase {
         // The four requests share their prompt, so the plain engine decodes them in relay groups while speculating
         // sequences (several rows) are not relayed: relay computes exactly what plain attention does.
         let plain = try makeEngine(m, speculation: SpeculationConfiguration(mode: .off))
-        let expected = try run(plain, requests()).map { $0.tokens }
+        let expected = try runSucceeding(plain, requests()).map { $0.tokens }
         plain.stop()
         var config = SpeculationConfiguration(mode: .ngram)
         config.adaptive = false
         let e = try makeEngine(m, speculation: config)
-        XCTAssertEqual(try run(e, requests()).map { $0.tokens }, expected)
+        XCTAssertEqual(try runSucceeding(e, requests()).map { $0.tokens }, expected)
         XCTAssertGreaterThan(e.metrics().speculation.acceptedTokens, 0)
         e.stop()
     }
@@ -230,7 +227,7 @@ final class SpeculationTests: XCTestCase {
         var next = 0
         while seeds.count < 2000 && next < 40_000 {
             let batch = (next..<(next + 64)).map { EngineRequest(promptTokens: prompt, maxTokens: 1, sampling: sampling($0), ignoreEOS: true) }
-            for (k, out) in try run(plain, batch).enumerated() where out.tokens[0] == [c] { seeds.append(next + k) }
+            for (k, out) in try runSucceeding(plain, batch).enumerated() where out.tokens[0] == [c] { seeds.append(next + k) }
             next += 64
         }
         plain.stop()
@@ -246,7 +243,7 @@ final class SpeculationTests: XCTestCase {
             let batch = seeds[start..<min(seeds.count, start + 64)].map {
                 EngineRequest(promptTokens: prompt, maxTokens: 4, sampling: sampling($0), ignoreEOS: true, prediction: [c, x, y])
             }
-            for out in try run(e, batch) {
+            for out in try runSucceeding(e, batch) {
                 let t = out.tokens[0] ?? []
                 XCTAssertEqual(t.count, 4)
                 XCTAssertEqual(t.first, c, "the first draw is the plain engine's")
@@ -270,7 +267,7 @@ final class SpeculationTests: XCTestCase {
             EngineRequest(promptTokens: $0, maxTokens: 40, ignoreEOS: true)
         }
         let plain = try makeEngine(target, speculation: SpeculationConfiguration(mode: .off), context: 128, blockSize: 4)
-        let expected = try run(plain, prompts).map { $0.tokens[0] ?? [] }
+        let expected = try runSucceeding(plain, prompts).map { $0.tokens[0] ?? [] }
         plain.stop()
         for (draftPath, minimumAcceptance) in [("llama/llama-f32.gguf", 0.9), ("llama/llama-q4_0.gguf", 0.2)] {
             let draft = try LoadedModel(path: TestPaths.fixture(draftPath))
@@ -282,13 +279,12 @@ final class SpeculationTests: XCTestCase {
             config.speculation.maxDraft = 4
             let e = try Engine(loaded: target, configuration: config, draft: draft)
             e.start()
-            XCTAssertEqual(try run(e, prompts).map { $0.tokens[0] ?? [] }, expected, draftPath)
-            XCTAssertEqual(try run(e, [prompts[2]])[0].tokens[0] ?? [], expected[2], "\(draftPath), alone")
+            XCTAssertEqual(try runSucceeding(e, prompts).map { $0.tokens[0] ?? [] }, expected, draftPath)
+            XCTAssertEqual(try runSucceeding(e, [prompts[2]])[0].tokens[0] ?? [], expected[2], "\(draftPath), alone")
             let m = e.metrics().speculation
             XCTAssertGreaterThan(m.draftedTokens, 0)
             XCTAssertGreaterThanOrEqual(Double(m.acceptedTokens) / Double(m.draftedTokens), minimumAcceptance, draftPath)
-            XCTAssertTrue(e.waitUntilIdle(timeout: 10))
-            XCTAssertEqual(e.pool.usedBlocks, 0)
+            assertAllBlocksFree(e)
             e.stop()
         }
     }
