@@ -334,14 +334,8 @@ public final class Engine: @unchecked Sendable {
         // Prompts about to start fill the step with prefill: drafts would only take its room.
         if !scheduler.waiting.isEmpty || !scheduler.preempted.isEmpty { other = configuration.maxBatchTokens }
         other = min(other, configuration.maxBatchTokens - decoding.count)
-        let (modelDrafting, k) = spec.prepareDrafts(decoding, otherTokens: other, budget: configuration.maxBatchTokens) {
+        spec.prepareDrafts(decoding, otherTokens: other, budget: configuration.maxBatchTokens) {
             self.calibrate(spec, sample: decoding[0].tokens)
-        }
-        if k > 0, let runner = spec.draftModel {
-            runner.propose(modelDrafting, count: k)
-            for s in modelDrafting where s.speculation.draft.count > spec.room(s) {
-                s.speculation.draft.removeLast(s.speculation.draft.count - max(0, spec.room(s)))
-            }
         }
     }
 
@@ -454,11 +448,10 @@ public final class Engine: @unchecked Sendable {
             for seq in r.sequences {
                 usage.draftedTokens += seq.speculation.drafted
                 usage.acceptedDraftTokens += seq.speculation.accepted
-            }
-            for seq in r.sequences {
-                guard let cursor = seq.speculation.prediction else { continue }
-                usage.acceptedPredictionTokens += cursor.matched
-                usage.rejectedPredictionTokens += cursor.tokens.count - cursor.matched
+                if let cursor = seq.speculation.prediction {
+                    usage.acceptedPredictionTokens += cursor.matched
+                    usage.rejectedPredictionTokens += cursor.tokens.count - cursor.matched
+                }
             }
             r.onEvent(.completed(usage))
             local.requestLatency.observe(now.timeIntervalSince(r.submittedAt))

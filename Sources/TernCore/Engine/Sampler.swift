@@ -1,9 +1,10 @@
 // Turns a row of logits into the next token in two stages: logits processors edit the row (logit bias,
 // presence/frequency and repetition penalties; grammars later), then the sampler turns the row into the
-// distribution it draws from (greedy, or temperature restricted by top-k, top-p and min-p) and draws. The
-// distribution is a value of its own so speculative decoding can compare target and draft probabilities, and the
-// sampler's whole per-request state (random stream, processors' counts) can be snapshotted and restored for
-// forks and rollback. Seeded runs are reproducible: the random stream is Tern's own xoshiro256**, so the same
+// distribution it draws from (greedy, or temperature restricted by top-k, top-p and min-p) and draws. Speculative
+// verification uses none of this apart from the draw itself (its drafts are single tokens, so drawing as a plain
+// decode does is the exact rule; SpeculativeDecoder explains); the distribution as a value (p(x) for a draft's
+// min(1, p/q)) and snapshot/restore of the per-request state (random stream, processors' counts) are there for a
+// draft that samples, which Tern does not have yet. Seeded runs are reproducible: the random stream is Tern's own xoshiro256**, so the same
 // seed and inputs give the same tokens on every machine.
 
 import Foundation

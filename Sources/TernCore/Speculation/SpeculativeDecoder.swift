@@ -109,7 +109,7 @@ final class SpeculativeDecoder {
     /// does not pay for learning again that, say, free text is a poor source of lookups.
     private var serverRates = [0.5, 0.8, 0.6].map { AcceptanceRate(prior: $0, decay: 0.95) }
     /// Set once calibration was tried (it needs free KV blocks, so it may be skipped).
-    var calibrationAttempted = false
+    private(set) var calibrationAttempted = false
     /// The draft model, when one is loaded and the mode uses it.
     let draftModel: DraftModelRunner?
 
@@ -135,25 +135,36 @@ final class SpeculativeDecoder {
 
     /// Most tokens `s` may draft: never past max_tokens or the context (the last emitted token comes from the
     /// target anyway).
-    func room(_ s: SequenceState) -> Int {
+    private func draftRoom(_ s: SequenceState) -> Int {
         min(configuration.maxDraft, s.request.request.maxTokens - s.generatedCount - 1, s.memory.capacity - s.tokens.count - 1)
     }
 
-    /// Proposes drafts for `sequences` (decoding, one pending token each) and chooses their lengths for a step
-    /// that also carries `otherTokens` tokens and may carry `budget` tokens in all. Sequences with nothing to
-    /// look up are returned with the number of tokens the draft model should propose for them (none without one).
-    /// `calibrate` runs once, the first time a proposal exists and the step cost is not yet known.
-    func prepareDrafts(_ sequences: [SequenceState], otherTokens: Int, budget: Int,
-                       calibrate: () -> Void) -> (sequences: [SequenceState], count: Int) {
+    /// Sets the draft of each of `sequences` (decoding, one pending token each), with lengths chosen for a step
+    /// that also carries `otherTokens` tokens and may carry `budget` tokens in all; sequences with nothing to look
+    /// up get the draft model's proposals, when there is one. `calibrate` runs once, the first time a proposal
+    /// exists and the step cost is not yet known.
+    func prepareDrafts(_ sequences: [SequenceState], otherTokens: Int, budget: Int, calibrate: () -> Void) {
+        let (modelDrafting, k) = chooseDrafts(sequences, otherTokens: otherTokens, budget: budget, calibrate: calibrate)
+        guard k > 0, let draftModel else { return }
+        draftModel.propose(modelDrafting, count: k)
+        for s in modelDrafting where s.speculation.draft.count > draftRoom(s) {
+            s.speculation.draft.removeLast(s.speculation.draft.count - max(0, draftRoom(s)))
+        }
+    }
+
+    /// Proposes lookup and prediction drafts and sizes them; returns the sequences the draft model should draft
+    /// for and how many tokens (none without a draft model).
+    private func chooseDrafts(_ sequences: [SequenceState], otherTokens: Int, budget: Int,
+                              calibrate: () -> Void) -> (sequences: [SequenceState], count: Int) {
         var candidates: [SequenceState] = []
         var modelCandidates: [SequenceState] = []
         for s in sequences {
             s.speculation.draft.removeAll(keepingCapacity: true)
             guard s.speculation.enabled else { continue }
             if s.speculation.rates.isEmpty { s.speculation.rates = serverRates.map { AcceptanceRate(prior: $0.value) } }
-            let room = room(s)
-            guard room > 0 else { continue }
-            propose(s, limit: room)
+            let limit = draftRoom(s)
+            guard limit > 0 else { continue }
+            propose(s, limit: limit)
             if !s.speculation.proposal.isEmpty {
                 candidates.append(s)
             } else if draftModel != nil {
@@ -210,7 +221,7 @@ final class SpeculativeDecoder {
             var extraTokens = 0
             var extraExpected = 0.0
             for (s, a) in zip(modelCandidates, modelAlpha) {
-                let own = min(kk, self.room(s))
+                let own = min(kk, draftRoom(s))
                 extraTokens += own
                 // E(k) − E(0) = α + α² + … + α^k.
                 if own > 0 { for j in 1...own { extraExpected += pow(a, Double(j)) } }
