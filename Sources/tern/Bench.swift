@@ -15,7 +15,7 @@ struct BenchCommand: ParsableCommand, EnvironmentReadable {
     static let environmentOptions: [EnvironmentOption] = [
         .value("model"), .value("threads"), .value("prompt-tokens"), .value("gen-tokens"), .value("repetitions"),
         .value("seed"), .value("batch"), .value("depth"), .value("kv-type"), .flag("json"),
-    ]
+    ] + EvictionOptions.environmentOptions
 
     @Option(parsing: .unconditional, help: .tern("GGUF file or Hugging Face directory.", env: "model", valueName: "path"))
     var model = defaultModelPath
@@ -39,6 +39,8 @@ struct BenchCommand: ParsableCommand, EnvironmentReadable {
     var kvType = "contiguous"
     @Flag(help: .tern("Also print the results as one JSON line.", env: "json", default: "off"))
     var json = false
+    /// With a paged --kv-type: eviction during the depth fill (in chunks) and generation, as the server runs it.
+    @OptionGroup var eviction: EvictionOptions
 
     func run() throws {
         try runBench(self)
@@ -66,6 +68,8 @@ func runBench(_ o: BenchCommand) throws {
     func randomTokens(_ n: Int) -> [Int32] { (0..<n).map { _ in Int32(rng.next() % UInt64(vocab)) } }
     // The memory each measured sequence gets: the contiguous cache, or paged blocks as `tern serve` uses them.
     var makeMemory: () -> SequenceMemory = { model.makeMemory(capacity: context) }
+    let eviction = try o.eviction.settings()
+    if eviction.isActive && o.kvType == "contiguous" { throw UsageError("--kv-policy needs a paged --kv-type (f32, f16 or q8_0)") }
     if o.kvType != "contiguous" {
         guard let storage = KVStorage(rawValue: o.kvType) else {
             throw UsageError("--kv-type must be contiguous, f32, f16 or q8_0, got '\(o.kvType)'")
@@ -76,7 +80,25 @@ func runBench(_ o: BenchCommand) throws {
         let blocks = ((context + 15) / 16 + 2) * (batch + 1)
         let kvPool = try KVBlockPool(layers: layout.layersPerBlock, rowWidth: llama.kvDim, blockSize: 16, storage: storage,
                                      bytes: blocks * blockBytes)
-        makeMemory = { PagedKVMemory(pool: kvPool, capacity: context, layout: layout) }
+        if eviction.isActive && !Engine.canEvict(loaded) { throw UsageError("--kv-policy: \(model.architecture) cannot evict (fixed state or sliding-window layers)") }
+        let heads = llama.config.kvHeadCount, headDim = llama.config.headDim
+        makeMemory = {
+            let memory = PagedKVMemory(pool: kvPool, capacity: context, layout: layout)
+            memory.enableEviction(eviction, kvHeads: heads, headDim: headDim)
+            return memory
+        }
+    }
+    // One forward pass as the engine runs it: with the eviction policy's score sinks, then its eviction.
+    func forward(_ items: [ForwardItem]) throws -> UnsafeMutablePointer<Float> {
+        var items = items
+        for i in items.indices {
+            if let paged = items[i].memory as? PagedKVMemory, let e = paged.eviction {
+                items[i].scoreSink = e.sinkForPass(rows: paged.storedRows(group: 0) + items[i].tokens.count)
+            }
+        }
+        let logits = try model.forward(items, workspace: workspace)
+        for item in items { (item.memory as? PagedKVMemory)?.applyEviction() }
+        return logits
     }
 
     // Prompt processing: one forward pass over the whole prompt, logits for its last token.
@@ -101,7 +123,7 @@ func runBench(_ o: BenchCommand) throws {
                 var filled = 0
                 while filled < depth {
                     let n = min(depth - filled, workspace.maxTokens)
-                    _ = try model.forward(tokens: randomTokens(n), memory: m, workspace: workspace, logitRows: 0..<0)
+                    _ = try forward([ForwardItem(tokens: randomTokens(n), memory: m, logitRows: 0..<0)])
                     filled += n
                 }
             }
@@ -109,7 +131,7 @@ func runBench(_ o: BenchCommand) throws {
             let t0 = DispatchTime.now().uptimeNanoseconds
             for _ in 0..<genTokens {
                 let items = (0..<batch).map { ForwardItem(tokens: [tokens[$0]], memory: memories[$0], logitRows: 0..<1) }
-                let logits = try model.forward(items, workspace: workspace)
+                let logits = try forward(items)
                 for b in 0..<batch { tokens[b] = Sampler.argmax(logits + b * vocab, vocab) }
             }
             let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
@@ -129,6 +151,7 @@ func runBench(_ o: BenchCommand) throws {
         print("threads: \(threadCount), kernels: \(String(cString: tern_path_name(tern_active_path())))")
         print(String(format: "pp%-5d %10.1f ± %.1f tokens/s", promptTokens, ppMean, ppStd))
         let shape = (batch > 1 ? " × \(batch) sequences" : "") + (depth > 0 ? " at depth \(depth)" : "")
+            + (eviction.isActive ? ", kv \(eviction.policy.rawValue) budget \(eviction.budget)" : "")
         print(String(format: "tg%-5d %10.1f ± %.1f tokens/s", genTokens, tgMean, tgStd) + shape)
         print(String(format: "weights read per token: %.1f MiB", bytesPerToken / 1_048_576))
         print(String(format: "measured read bandwidth: %.1f GB/s (%d threads)", bandwidth / 1e9, threadCount))
@@ -140,6 +163,7 @@ func runBench(_ o: BenchCommand) throws {
             ("threads", "\(threadCount)"),
             ("prompt_tokens", "\(promptTokens)"), ("gen_tokens", "\(genTokens)"), ("repetitions", "\(reps)"),
             ("batch", "\(batch)"), ("depth", "\(depth)"), ("kv_type", "\"\(o.kvType)\""),
+            ("kv_policy", "\"\(eviction.policy.rawValue)\""), ("kv_budget", "\(eviction.budget)"),
             ("pp_tokens_per_s", String(format: "%.2f", ppMean)), ("pp_stddev", String(format: "%.2f", ppStd)),
             ("tg_tokens_per_s", String(format: "%.2f", tgMean)), ("tg_stddev", String(format: "%.2f", tgStd)),
             ("weight_bytes_per_token", "\(Int(bytesPerToken))"),

@@ -1,5 +1,6 @@
 // `tern perplexity`: perplexity of a text file as llama.cpp's llama-perplexity computes it (non-overlapping
 // windows, the second half of each scored). stdout: the running values `[i]x,` on one line, then `ppl: X` last.
+// With --kv-policy the text goes through in chunks with eviction between them (Perplexity.swift).
 
 import ArgumentParser
 import Foundation
@@ -10,7 +11,7 @@ struct PerplexityCommand: ParsableCommand, EnvironmentReadable {
 
     static let environmentOptions: [EnvironmentOption] = [
         .value("model"), .value("file"), .value("context"), .value("chunks"), .value("threads"),
-    ]
+    ] + EvictionOptions.environmentOptions
 
     @Option(parsing: .unconditional, help: .tern("GGUF file or Hugging Face directory.", env: "model", valueName: "path"))
     var model = defaultModelPath
@@ -22,6 +23,7 @@ struct PerplexityCommand: ParsableCommand, EnvironmentReadable {
     var chunks: Int?
     @Option(parsing: .unconditional, help: .tern("Compute threads.", env: "threads", default: "the number of cores", valueName: "n"))
     var threads: Int?
+    @OptionGroup var eviction: EvictionOptions
 
     func run() throws {
         guard let file else { throw UsageError("perplexity needs --file TEXT_FILE") }
@@ -30,6 +32,7 @@ struct PerplexityCommand: ParsableCommand, EnvironmentReadable {
         let (loaded, _) = try loadModel(model)
         let context = try atLeast(self.context, 4, "context")
         let chunks = try self.chunks.map { try atLeast($0, 1, "chunks") }
+        let eviction = try self.eviction.settings()
         let progress = ProgressLine.onTerminal()
         // The window count only serves the progress line, so the text is tokenized twice only on a terminal.
         let windows = progress.map { _ in
@@ -39,7 +42,7 @@ struct PerplexityCommand: ParsableCommand, EnvironmentReadable {
         defer { progress?.finish() }
         var line = ""
         let result = try Perplexity.evaluate(loaded: loaded, text: text, context: context, maxWindows: chunks,
-                                             threads: try threadCount(threads)) { i, ppl in
+                                             threads: try threadCount(threads), eviction: eviction) { i, ppl in
             line += String(format: "[%d]%.4f,", i, ppl)
             if let progress, let windows {
                 let eta = progress.elapsed / Double(i) * Double(max(windows - i, 0))

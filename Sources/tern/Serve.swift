@@ -22,7 +22,7 @@ struct ServeCommand: ParsableCommand, EnvironmentReadable {
         .value("kv-type"), .value("max-batch-tokens"), .value("max-running"), .value("cors-origin"),
         .value("served-model-name"), .value("max-body-mib"), .value("drain-timeout"), .flag("no-prefix-caching"),
         .value("relay"), .value("chat-template"),
-    ] + SpeculationOptions.environmentOptions
+    ] + SpeculationOptions.environmentOptions + EvictionOptions.environmentOptions
 
     @Option(parsing: .unconditional, help: .tern("GGUF file or Hugging Face directory.", env: "model", valueName: "path"))
     var model = defaultModelPath
@@ -77,6 +77,7 @@ struct ServeCommand: ParsableCommand, EnvironmentReadable {
         env: "chat-template", default: "the checkpoint's", valueName: "file|name"))
     var chatTemplate: String?
     @OptionGroup var speculation: SpeculationOptions
+    @OptionGroup var eviction: EvictionOptions
 
     func run() throws {
         try serve(self)
@@ -110,6 +111,7 @@ func serve(_ o: ServeCommand) throws {
     let prefixCaching = !o.noPrefixCaching
     guard o.relay == "on" || o.relay == "off" else { throw UsageError("--relay must be on or off, got '\(o.relay)'") }
     let speculation = try o.speculation.configuration()
+    let eviction = try o.eviction.settings()
     let apiKeys = o.apiKey
     // Checked before listening, so a bad name or file fails at once.
     let chatTemplate = try o.chatTemplate.map { try ChatTemplate.named(orFile: $0) }
@@ -164,6 +166,10 @@ func serve(_ o: ServeCommand) throws {
     config.prefixCaching = prefixCaching
     config.relay = o.relay == "on"
     config.speculation = speculation
+    config.eviction = eviction
+    if eviction.isActive && !Engine.canEvict(loaded) {
+        logger.warning("--kv-policy \(eviction.policy.rawValue) is ignored: \(loaded.model.architecture) keeps a fixed-size state or sliding-window layers, not one evictable KV cache")
+    }
     let engine: Engine
     do {
         engine = try Engine(loaded: loaded, configuration: config, draft: draft)

@@ -65,13 +65,14 @@ final class CLITests: XCTestCase {
         let expected: [String: [String]] = [
             "serve": ["model", "host", "port", "api-key", "tls-cert", "tls-key", "cors-origin", "ctx-size", "threads",
                       "kv-cache-mib", "kv-type", "block-size", "max-batch-tokens", "max-running", "max-queue",
-                      "no-prefix-caching", "served-model-name", "drain-timeout", "max-body-mib"],
+                      "no-prefix-caching", "served-model-name", "drain-timeout", "max-body-mib", "kv-policy", "kv-budget"],
             "generate": ["model", "prompt", "max-tokens", "temperature", "top-k", "top-p", "min-p", "seed",
                          "repeat-penalty", "presence-penalty", "frequency-penalty", "stop", "ignore-eos", "ctx-size",
                          "threads", "system", "chat"],
-            "perplexity": ["model", "file", "context", "chunks", "threads"],
+            "perplexity": ["model", "file", "context", "chunks", "threads", "kv-policy", "kv-budget"],
             "convert": ["model", "type", "output"],
-            "bench": ["model", "threads", "prompt-tokens", "gen-tokens", "repetitions", "json", "batch", "depth", "seed"],
+            "bench": ["model", "threads", "prompt-tokens", "gen-tokens", "repetitions", "json", "batch", "depth", "seed",
+                      "kv-policy", "kv-budget"],
             "tokenize": ["model", "text", "special"],
             "inspect": ["model"],
         ]
@@ -202,5 +203,30 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(err.count, 3, r.stderr)
         XCTAssertTrue(err[0].hasPrefix("[1] ") && err[1].hasPrefix("[2] ") && err[2].contains("tokens scored"), r.stderr)
         XCTAssertFalse(r.stderr.contains("\r"), r.stderr)
+    }
+
+    /// `tern perplexity --kv-policy P --kv-budget N` evaluates with eviction and still prints `ppl: X` last; a
+    /// budget the context never reaches gives the plain value; a bad policy fails naming the option.
+    func testPerplexityWithEviction() throws {
+        let model = TestPaths.fixture("llama/llama-f32.gguf")
+        let dir = try TestPaths.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let text = String(repeating: "The quick brown fox jumps over the lazy dog. ", count: 40)
+        try text.write(toFile: dir + "/t.txt", atomically: true, encoding: .utf8)
+        func ppl(_ extra: [String]) throws -> String {
+            let r = try tern(["perplexity", "--model", model, "--file", dir + "/t.txt", "--context", "96", "--chunks", "2"] + extra)
+            XCTAssertEqual(r.status, 0, r.stderr)
+            let last = String(r.stdout.split(separator: "\n").last ?? "")
+            XCTAssertTrue(last.hasPrefix("ppl: "), r.stdout)
+            return last
+        }
+        let plain = try ppl([])
+        XCTAssertEqual(try ppl(["--kv-policy", "alisa", "--kv-budget", "96"]), plain)
+        for policy in ["window", "alisa", "dms"] {
+            XCTAssertNotEqual(try ppl(["--kv-policy", policy, "--kv-budget", "16"]), plain, policy)
+        }
+        let bad = try tern(["perplexity", "--model", model, "--file", dir + "/t.txt", "--kv-policy", "lru"])
+        XCTAssertEqual(bad.status, 1)
+        XCTAssertTrue(bad.stderr.contains("--kv-policy"), bad.stderr)
     }
 }

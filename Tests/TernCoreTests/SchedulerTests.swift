@@ -18,7 +18,7 @@ final class SchedulerTests: XCTestCase {
     func makeScheduler(blocks: Int, budget: Int, maxRunning: Int = 256) throws -> (Scheduler, KVBlockPool) {
         let pool = try KVBlockPool(layers: 1, rowWidth: 32, blockSize: 16, storage: .f16, bytes: blocks * 16 * 2 * 32 * 2)
         let s = Scheduler(limits: .init(maxBatchTokens: budget, maxRunning: maxRunning, prefixCaching: false),
-                          pool: pool, tokenizer: tokenizer) { PagedKVMemory(pool: pool, capacity: 4096) }
+                          pool: pool, tokenizer: tokenizer) { _ in PagedKVMemory(pool: pool, capacity: 4096) }
         return (s, pool)
     }
 

@@ -10,7 +10,7 @@ public struct AttentionMetadata {
     /// Segments of every (item, group), item-major.
     private(set) var segments: [tern_kv_segment] = []
     private var ranges: [Range<Int>] = []
-    /// Per item: the sink its last query row adds attention weights to, if any.
+    /// Per item: the sink its query rows add attention weights to, if any.
     private(set) var sinks: [AttentionScoreSink?] = []
     public private(set) var hasSinks = false
 
@@ -41,8 +41,9 @@ public struct AttentionMetadata {
 }
 
 /// Attention weights gathered inside the attention kernels for one sequence: for each layer and KV head, the
-/// weight every stored position received from the sequence's last query row of a pass, summed over the query
-/// heads of that KV head (so a row sums to the group size). The owner resets it when it has read it.
+/// weight every stored row received from the sequence's query rows of a pass, summed over those rows and over the
+/// query heads of that KV head (so each query row adds the group size). Indexed as the kernels number rows (the
+/// position, or the storage row once a memory evicts: KVMemory.droppedPositions). The owner zeroes what it read.
 public final class AttentionScoreSink {
     public let layers: Int
     public let kvHeads: Int
@@ -61,7 +62,13 @@ public final class AttentionScoreSink {
 
     public func reset() { weights.update(repeating: 0, count: max(1, layers * kvHeads * capacity)) }
 
-    /// The weights of `layer` and `kvHead`, indexed by logical position.
+    func copy() -> AttentionScoreSink {
+        let c = AttentionScoreSink(layers: layers, kvHeads: kvHeads, capacity: capacity)
+        c.weights.update(from: weights, count: max(1, layers * kvHeads * capacity))
+        return c
+    }
+
+    /// The weights of `layer` and `kvHead`, indexed by row.
     public func weights(layer: Int, kvHead: Int) -> UnsafeMutablePointer<Float> {
         precondition(layer < layers && kvHead < kvHeads)
         return weights + (layer * kvHeads + kvHead) * capacity

@@ -48,6 +48,9 @@ public protocol KVMemory: SequenceMemory {
     func appendSegments(group: Int, below positions: Int, to segments: inout [tern_kv_segment])
     /// Byte distance from a row of the group's first layer to the same row of `layer`.
     func layerOffset(_ layer: Int) -> Int
+    /// Positions an eviction policy dropped: segments number rows in storage order, so a query at position p is
+    /// at p − droppedPositions for the attention kernels (0 without eviction).
+    var droppedPositions: Int { get }
     /// Marks `n` reserved positions as written.
     func commit(_ n: Int)
     /// Forgets every position from `count` on (speculation rollback, perplexity windows).
@@ -108,6 +111,8 @@ public final class ContiguousKVMemory: KVMemory {
     }
 
     public func layerOffset(_ layer: Int) -> Int { layer * layerStride * MemoryLayout<Float>.stride }
+
+    public var droppedPositions: Int { 0 }
 
     public func commit(_ n: Int) { count = min(capacity, count + n) }
 

@@ -2,7 +2,10 @@
 // a KVBlockPool. Shared blocks (forks, cached prefixes) are copied before the first write (copy-on-write); full
 // blocks are published to the pool's prefix cache as they fill; a sliding-window group hands back the blocks that
 // left its window and keeps the null block in their place. `count` is the next logical position; the rows a group
-// holds are counted apart (`storedRows`). Engine-thread only, like the pool.
+// holds are counted apart (`storedRows`). With an eviction policy (`eviction`, single-group layouts only) rows
+// and positions part: each (layer, KV head) keeps its own positions in the same number of rows, evicted rows are
+// filled with rows from the end and emptied blocks go back to the pool; new positions are stored at
+// `position − dropped` and the attention kernels see rows numbered in storage order. Engine-thread only.
 
 import CKernels
 
@@ -14,6 +17,8 @@ public struct BlockTable: Sendable {
     public fileprivate(set) var releasedPrefix = 0
     /// Positions below this are backed by blocks this sequence may write.
     fileprivate var writableUpTo = 0
+    /// Positions evicted from this table: a new position p is stored at row p − dropped.
+    public fileprivate(set) var dropped = 0
 }
 
 public final class PagedKVMemory: KVMemory {
@@ -29,6 +34,8 @@ public final class PagedKVMemory: KVMemory {
     /// Rows a window group keeps beyond its window, so that rolling back this many rows (rejected speculative
     /// tokens) never needs a row already handed back.
     public var windowSlack = 0
+    /// The eviction policy's state; nil keeps every position. Only a layout with one group evicts.
+    public private(set) var eviction: KVEvictionState?
 
     public var layerCount: Int { layout.layerCount }
     public var rowWidth: Int { pool.rowWidth }
@@ -51,8 +58,11 @@ public final class PagedKVMemory: KVMemory {
     deinit { releaseAll() }
 
     public func storedRows(group: Int) -> Int {
-        max(0, count - tables[group].releasedPrefix * pool.blockSize)
+        max(0, count - tables[group].dropped - tables[group].releasedPrefix * pool.blockSize)
     }
+
+    /// Positions evicted so far (the kernels' row numbers are positions shifted by this).
+    public var droppedPositions: Int { tables.count == 1 ? tables[0].dropped : 0 }
 
     /// Positions every group may write (the least over the tables; runs on every commit, so no array is built).
     private var writableUpTo: Int {
@@ -64,11 +74,11 @@ public final class PagedKVMemory: KVMemory {
     /// Blocks still needed to absorb `n` more tokens (including copies of shared last blocks).
     public func blocksNeeded(for n: Int) -> Int {
         let bs = pool.blockSize
-        let end = count + n
         var need = 0
         for t in tables {
+            let row = count - t.dropped, end = row + n
             need += max(0, (end + bs - 1) / bs - t.blocks.count)
-            if n > 0, count < t.blocks.count * bs, !isWritable(t.blocks[count / bs]) { need += 1 }
+            if n > 0, row < t.blocks.count * bs, !isWritable(t.blocks[row / bs]) { need += 1 }
         }
         return need
     }
@@ -82,9 +92,10 @@ public final class PagedKVMemory: KVMemory {
         guard n >= 0, end <= capacity else { throw KVMemoryFullError(capacity: capacity) }
         let bs = pool.blockSize
         for g in tables.indices where end > tables[g].writableUpTo {
+            let row = count - tables[g].dropped, rowEnd = end - tables[g].dropped
             // The partly filled last block may be shared or published: copy it before writing.
-            if count < tables[g].blocks.count * bs {
-                let i = count / bs
+            if row < tables[g].blocks.count * bs {
+                let i = row / bs
                 let b = tables[g].blocks[i]
                 if !isWritable(b) {
                     guard let fresh = pool.allocate() else { throw KVMemoryFullError(capacity: count) }
@@ -93,7 +104,7 @@ public final class PagedKVMemory: KVMemory {
                     tables[g].blocks[i] = fresh
                 }
             }
-            while tables[g].blocks.count * bs < end {
+            while tables[g].blocks.count * bs < rowEnd {
                 guard let b = pool.allocate() else { throw KVMemoryFullError(capacity: count) }
                 tables[g].blocks.append(b)
             }
@@ -103,9 +114,11 @@ public final class PagedKVMemory: KVMemory {
 
     public func store(layer: Int, position: Int, key: UnsafePointer<Float>, value: UnsafePointer<Float>) {
         let bs = pool.blockSize
-        let b = tables[layout.groupOfLayer[layer]].blocks[position / bs]
+        let t = tables[layout.groupOfLayer[layer]]
+        let row = position - t.dropped
+        let b = t.blocks[row / bs]
         precondition(b != KVBlockPool.nullBlock, "writing position \(position) of a block the window released")
-        let offset = (position % bs) * pool.storage.rowBytes(rowWidth)
+        let offset = (row % bs) * pool.storage.rowBytes(rowWidth)
         let slot = layout.slotOfLayer[layer]
         let kd = pool.keys(block: b, layer: slot) + offset, vd = pool.values(block: b, layer: slot) + offset
         switch pool.storage {
@@ -124,7 +137,8 @@ public final class PagedKVMemory: KVMemory {
     public func appendSegments(group: Int, below positions: Int, to segments: inout [tern_kv_segment]) {
         let bs = pool.blockSize
         let t = tables[group]
-        let end = min(positions, t.blocks.count * bs)
+        // Rows are labelled in storage order (positions − dropped): kept rows lie before every new query.
+        let end = min(positions - t.dropped, t.blocks.count * bs)
         var i = t.releasedPrefix
         while i * bs < end {
             let b = t.blocks[i]
@@ -164,7 +178,8 @@ public final class PagedKVMemory: KVMemory {
     public func appendTokens<C: Collection<Int32>>(_ new: C) {
         tokens.append(contentsOf: new)
         let bs = pool.blockSize
-        while (hashes.count + 1) * bs <= min(tokens.count, count) {
+        // Once a position was evicted the blocks no longer hold whole runs of tokens: nothing more is published.
+        while tables.allSatisfy({ $0.dropped == 0 }), (hashes.count + 1) * bs <= min(tokens.count, count) {
             let i = hashes.count
             let h = KVBlockPool.blockHash(parent: hashes.last ?? 0, tokens: tokens[(i * bs)..<((i + 1) * bs)])
             hashes.append(h)
@@ -176,10 +191,17 @@ public final class PagedKVMemory: KVMemory {
 
     public func truncate(to newCount: Int) {
         let n = max(0, min(count, newCount))
+        if n == 0 {
+            releaseAll()
+            return
+        }
         count = n
         let bs = pool.blockSize
-        let keep = (n + bs - 1) / bs
         for g in tables.indices {
+            // Only rows appended after the last eviction can go (they hold positions in order).
+            precondition(tables[g].dropped == 0 || n - tables[g].dropped >= (eviction?.recordedRows ?? 0),
+                         "truncating below rows an eviction rearranged")
+            let keep = (n - tables[g].dropped + bs - 1) / bs
             while tables[g].blocks.count > keep {
                 let b = tables[g].blocks.removeLast()
                 if b != KVBlockPool.nullBlock { pool.release(b) }
@@ -189,6 +211,7 @@ public final class PagedKVMemory: KVMemory {
         }
         if tokens.count > n { tokens.removeLast(tokens.count - n) }
         if hashes.count > n / bs { hashes.removeLast(hashes.count - n / bs) }
+        eviction?.truncate(rows: n - droppedPositions)
     }
 
     /// Fails when a window group already released rows that the query at `newCount` would read.
@@ -270,6 +293,7 @@ public final class PagedKVMemory: KVMemory {
         f.count = count
         f.tokens = tokens
         f.hashes = hashes
+        f.eviction = eviction?.copy()
         return f
     }
 
@@ -282,5 +306,81 @@ public final class PagedKVMemory: KVMemory {
         hashes.removeAll()
         tokens.removeAll()
         count = 0
+        eviction?.reset()
+    }
+
+    /// Evicts by `settings` from now on (policy none: keeps everything). The memory must be empty and have one
+    /// cache group (models with sliding-window layers keep their fixed window and evict nothing). A sequence that
+    /// will never hold more than the budget (`longest`: its most positions, the capacity by default) neither
+    /// evicts nor scores, so it computes exactly what it would without a policy.
+    public func enableEviction(_ settings: EvictionSettings, kvHeads: Int, headDim: Int, longest: Int? = nil) {
+        precondition(count == 0 && tables.count == 1, "eviction needs an empty memory with one cache group")
+        precondition(kvHeads * headDim == rowWidth)
+        let needed = settings.isActive && min(longest ?? capacity, capacity) > settings.budget
+        eviction = needed ? KVEvictionState(settings: settings, layers: layerCount, kvHeads: kvHeads, headDim: headDim) : nil
+    }
+
+    /// Applies the eviction policy after a step: folds the step's attention weights into the scores, then, past
+    /// the budget, drops the policy's choice of rows per (layer, KV head), moves rows from the end into the holes
+    /// (copying a shared or published block before writing into it) and hands back blocks that emptied. Returns
+    /// the positions each (layer, KV head) dropped (0 also when no free block was left for a copy: it retries
+    /// after the next step).
+    @discardableResult
+    public func applyEviction() -> Int {
+        guard let ev = eviction else { return 0 }
+        let bs = pool.blockSize
+        let stored = storedRows(group: 0)
+        ev.observe(stored: stored, dropped: tables[0].dropped, count: count)
+        let k = stored - ev.settings.budget
+        guard k > 0 else { return 0 }
+        let kept = stored - k
+        // Every (layer, head) chooses first: the blocks that receive rows must be private before anything moves.
+        var moves: [(holes: [Int], movers: [Int])] = []
+        moves.reserveCapacity(ev.layers * ev.kvHeads)
+        var targets = Set<Int>()
+        for i in 0..<(ev.layers * ev.kvHeads) {
+            let victims = ev.victims(i, k: k, count: count)
+            precondition(victims.count == k, "the policy found \(victims.count) of \(k) rows to evict")
+            let holes = victims.filter { $0 < kept }
+            var movers: [Int] = []
+            movers.reserveCapacity(holes.count)
+            var v = victims.count - 1
+            var r = stored - 1
+            // Rows at or past `kept` that stay, highest first... then reversed to pair with ascending holes.
+            while r >= kept {
+                if v >= 0 && victims[v] == r { v -= 1 } else { movers.append(r) }
+                r -= 1
+            }
+            movers.reverse()
+            for h in holes { targets.insert(h / bs) }
+            moves.append((holes, movers))
+        }
+        for i in targets.sorted() where !isWritable(tables[0].blocks[i]) {
+            guard let fresh = pool.allocate() else { return 0 }
+            pool.copyBlock(from: tables[0].blocks[i], to: fresh)
+            pool.release(tables[0].blocks[i])
+            tables[0].blocks[i] = fresh
+        }
+        let rowBytes = pool.storage.rowBytes(rowWidth), headBytes = pool.storage.rowBytes(ev.headDim)
+        for (i, m) in moves.enumerated() {
+            precondition(m.holes.count == m.movers.count)
+            let slot = layout.slotOfLayer[i / ev.kvHeads]
+            let head = (i % ev.kvHeads) * headBytes
+            for (to, from) in zip(m.holes, m.movers) {
+                let src = tables[0].blocks[from / bs], dst = tables[0].blocks[to / bs]
+                let so = (from % bs) * rowBytes + head, dO = (to % bs) * rowBytes + head
+                (pool.keys(block: dst, layer: slot) + dO).copyMemory(from: pool.keys(block: src, layer: slot) + so, byteCount: headBytes)
+                (pool.values(block: dst, layer: slot) + dO).copyMemory(from: pool.values(block: src, layer: slot) + so, byteCount: headBytes)
+                ev.move(i, from: from, to: to)
+            }
+        }
+        ev.truncate(rows: kept)
+        ev.evicted += k
+        tables[0].dropped += k
+        let keep = (kept + bs - 1) / bs
+        while tables[0].blocks.count > keep { pool.release(tables[0].blocks.removeLast()) }
+        // The partly filled last block is checked again (copied if shared) by the next reserve.
+        tables[0].writableUpTo = min(tables[0].writableUpTo, count)
+        return k
     }
 }

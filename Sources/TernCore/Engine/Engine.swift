@@ -74,18 +74,32 @@ public final class Engine: @unchecked Sendable {
         speculator = speculates ? SpeculativeDecoder(configuration: configuration.speculation, draftModel: draftRunner) : nil
         let pool = kvPool, layout = loaded.llama?.cacheLayout, model = loaded.model, context = configuration.contextLength
         let slack = speculates ? configuration.speculation.maxDraft : 0
+        let evicts = Engine.canEvict(loaded), serverEviction = configuration.eviction
+        let heads = loaded.llama?.config.kvHeadCount ?? 0, headDim = loaded.llama?.config.headDim ?? 0
         scheduler = Scheduler(limits: .init(maxBatchTokens: configuration.maxBatchTokens, maxRunning: configuration.maxRunning,
                                             prefixCaching: configuration.prefixCaching),
-                              pool: kvPool, tokenizer: loaded.tokenizer) {
+                              pool: kvPool, tokenizer: loaded.tokenizer) { request in
             if let pool {
                 let memory = PagedKVMemory(pool: pool, capacity: context, layout: layout)
                 memory.windowSlack = slack
+                if evicts {
+                    memory.enableEviction(request.eviction ?? serverEviction, kvHeads: heads, headDim: headDim,
+                                          longest: request.promptTokens.count + request.maxTokens)
+                }
                 return memory
             }
             return model.makeMemory(capacity: context)
         }
         local.kvBlocksTotal = kvPool?.blockCount ?? 0
         sharedMetrics = local
+    }
+
+    /// Whether KV eviction applies to this model: transformers whose layers all attend fully (one cache group).
+    /// Mamba keeps a fixed-size state; a model with sliding-window layers (Gemma 3) keeps its fixed window there
+    /// and everything in its global layers.
+    public static func canEvict(_ loaded: LoadedModel) -> Bool {
+        guard let llama = loaded.llama else { return false }
+        return llama.cacheLayout.groups.count == 1 && llama.cacheLayout.groups[0].window == nil
     }
 
     public func start() {
@@ -212,6 +226,12 @@ public final class Engine: @unchecked Sendable {
         for s in scheduler.preempted { ids.insert(s.request.id) }
         local.requestsRunning = ids.count
         if let spec = speculator { local.speculation = spec.metrics }
+        local.kvKeptTokens = [:]
+        for s in scheduler.running where !s.finished {
+            if let paged = s.paged, paged.tables.count == 1 {
+                local.kvKeptTokens[paged.eviction?.settings.policy ?? .none, default: 0] += paged.storedRows(group: 0)
+            }
+        }
         if let pool = kvPool {
             local.kvBlocksUsed = pool.usedBlocks
             local.prefixCacheQueries = pool.prefixQueries
@@ -259,7 +279,10 @@ public final class Engine: @unchecked Sendable {
             let s = c.sequence
             let wantAll = s.request.request.promptLogprobs && s.choice == 0 && !s.promptDone
             let rows = wantAll ? 0..<c.count : (c.sample ? (c.count - 1)..<(c.count + c.draft.count) : 0..<0)
-            items.append(ForwardItem(tokens: Array(s.tokens[c.start..<(c.start + c.count)]) + c.draft, memory: s.memory, logitRows: rows))
+            // A policy that scores positions gets the kernels' attention weights for every row it will hold.
+            let sink = s.paged?.eviction?.sinkForPass(rows: s.paged!.storedRows(group: 0) + c.count + c.draft.count)
+            items.append(ForwardItem(tokens: Array(s.tokens[c.start..<(c.start + c.count)]) + c.draft, memory: s.memory,
+                                     logitRows: rows, scoreSink: sink))
         }
         let logits: UnsafeMutablePointer<Float>
         let forwardStart = DispatchTime.now().uptimeNanoseconds
@@ -284,6 +307,7 @@ public final class Engine: @unchecked Sendable {
 
         // Sample and report.
         var row = 0
+        var forked: [SequenceState] = []
         for (k, c) in plan.chunks.enumerated() {
             let s = c.sequence
             let rows = items[k].logitRows
@@ -311,12 +335,20 @@ public final class Engine: @unchecked Sendable {
             if s.choice == 0 && s.request.sequences.count == 1 && s.request.request.n > 1 && s.generatedCount == 0 {
                 for choice in 1..<s.request.request.n {
                     let f = s.fork(choice: choice, tokenizer: loaded.tokenizer)
+                    forked.append(f)
                     s.request.sequences.append(f)
                     scheduler.addRunning(f)
                     sample(f, logits: rowLogits, vocab: vocab, copy: true, now: now)
                 }
             }
             sample(s, logits: rowLogits, vocab: vocab, copy: false, now: now)
+        }
+        // Eviction after verification's rollback, so only kept rows are scored and moved; forks made this step
+        // evict with their parent (they carry its scores and this pass's weights), so greedy choices stay equal.
+        for s in plan.chunks.map(\.sequence) + forked where !s.finished {
+            guard let paged = s.paged, let e = paged.eviction else { continue }
+            let dropped = paged.applyEviction()
+            if dropped > 0 { local.kvEvictedTokens[e.settings.policy, default: 0] += dropped }
         }
         scheduler.compact()
     }

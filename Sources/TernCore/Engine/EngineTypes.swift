@@ -21,6 +21,9 @@ public struct EngineConfiguration: Sendable {
     public var relay: Bool = true
     /// Speculative decoding (transformers only; Mamba's recurrent state cannot roll back rejected tokens).
     public var speculation = SpeculationConfiguration()
+    /// KV eviction for requests that do not choose their own (`EngineRequest.eviction`). Models with one cache
+    /// group of full attention evict; Mamba (a fixed state) and models with sliding-window layers ignore it.
+    public var eviction = EvictionSettings(policy: .none, budget: EvictionSettings.defaultBudget)
 
     public init(threads: Int, contextLength: Int, kvCacheBytes: Int) {
         self.threads = threads
@@ -46,10 +49,14 @@ public struct EngineRequest: Sendable {
     public var prediction: [Int32]?
     /// false opts this request out of speculative decoding.
     public var speculative: Bool
+    /// This request's KV eviction (policy and budget); nil takes the server's.
+    public var eviction: EvictionSettings?
 
     public init(promptTokens: [Int32], maxTokens: Int, sampling: SamplingParameters = .greedy,
                 stopStrings: [String] = [], stopTokens: [Int32] = [], ignoreEOS: Bool = false, n: Int = 1,
-                logprobs: Int? = nil, promptLogprobs: Bool = false, prediction: [Int32]? = nil, speculative: Bool = true) {
+                logprobs: Int? = nil, promptLogprobs: Bool = false, prediction: [Int32]? = nil, speculative: Bool = true,
+                eviction: EvictionSettings? = nil) {
+        self.eviction = eviction
         self.promptTokens = promptTokens
         self.maxTokens = maxTokens
         self.sampling = sampling
@@ -138,6 +145,10 @@ public struct EngineMetrics: Sendable {
     /// …and what the members would have read on their own.
     public var relayPrefixTokensPerSequence = 0
     public var speculation = SpeculationMetrics()
+    /// Positions evicted per (layer, KV head) row, by policy (counter)…
+    public var kvEvictedTokens: [EvictionPolicy: Int] = [:]
+    /// …and the positions running sequences keep now, by policy (none included).
+    public var kvKeptTokens: [EvictionPolicy: Int] = [:]
     public var timeToFirstToken = Histogram(bounds: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30])
     public var interTokenLatency = Histogram(bounds: [0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28])
     public var requestLatency = Histogram(bounds: [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120])

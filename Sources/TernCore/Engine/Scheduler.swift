@@ -78,14 +78,14 @@ final class Scheduler {
 
     let limits: Limits
     let pool: KVBlockPool?
-    private let makeMemory: () -> SequenceMemory
+    private let makeMemory: (EngineRequest) -> SequenceMemory
     private let tokenizer: Tokenizer
     private(set) var waiting = Deque<RequestState>()
     /// In admission order (the youngest last).
     private(set) var running: [SequenceState] = []
     private(set) var preempted = Deque<SequenceState>()
 
-    init(limits: Limits, pool: KVBlockPool?, tokenizer: Tokenizer, makeMemory: @escaping () -> SequenceMemory) {
+    init(limits: Limits, pool: KVBlockPool?, tokenizer: Tokenizer, makeMemory: @escaping (EngineRequest) -> SequenceMemory) {
         self.limits = limits
         self.pool = pool
         self.tokenizer = tokenizer
@@ -152,7 +152,7 @@ final class Scheduler {
                 deferred.append(r)
                 continue
             }
-            let s = SequenceState(request: r, choice: 0, memory: makeMemory(), tokenizer: tokenizer)
+            let s = SequenceState(request: r, choice: 0, memory: makeMemory(r.request), tokenizer: tokenizer)
             if limits.prefixCaching && !r.request.promptLogprobs, let paged = s.paged {
                 // Keep at least one prompt token to compute: its logits start the generation.
                 let cached = paged.attachCachedPrefix(r.request.promptTokens, limit: r.request.promptTokens.count - 1)
@@ -213,7 +213,10 @@ final class Scheduler {
         guard out.chunks.isEmpty || out.cost < costBudget else { return false }
         // Admit only when the whole remaining prompt fits in free blocks, so admission cannot thrash.
         if let paged = s.paged, let pool {
-            guard paged.blocksNeeded(for: s.pending + 1) <= pool.availableBlocks else { return false }
+            // An evicting sequence never holds more than its budget and one step's tokens.
+            var peak = s.pending + 1
+            if let e = paged.eviction { peak = min(peak, max(1, e.settings.budget + limits.maxBatchTokens - paged.storedRows(group: 0))) }
+            guard paged.blocksNeeded(for: peak) <= pool.availableBlocks else { return false }
         }
         let fit = out.chunks.isEmpty ? budget : max(Self.minimumChunk, Self.tokens(from: s.computed, within: costBudget - out.cost))
         let n = min(budget, s.pending, fit)

@@ -17,7 +17,10 @@
 // log-sum-exp would round differently, and a quantized model's 8-bit activations can carry that to another token).
 //
 // Score sinks need each position's final weight, which online softmax only knows at the end: when a sink is
-// attached, that item's rows go through tern_attn_rows (two passes), which adds the weights as it goes.
+// attached, that item's rows go through tern_attn_rows (two passes), which adds every row's weights as it goes.
+//
+// Positions here are what the kernels compare: a memory that evicted rows numbers them in storage order, and its
+// queries sit at their position minus the positions it dropped (`attentionPosition`); RoPE used the real one.
 
 import CKernels
 import Foundation
@@ -114,7 +117,8 @@ struct AttentionPlan {
             if relayOf[item] >= 0 { row0 = end; continue }
             var r = row0
             while r < end {
-                let n = min(Self.rowTile, end - r)
+                // An item with a score sink is one task per KV head: its rows add to the same sink row.
+                let n = sinks[item] != nil ? end - r : min(Self.rowTile, end - r)
                 for h in 0..<kvHeads {
                     tasks.append(AttentionTask(item: item, kvHead: h, row0: r, rows: n, keyLow: 0,
                                                keyHigh: rowPosition[r + n - 1] + 1, part: -1))
@@ -123,9 +127,10 @@ struct AttentionPlan {
             }
             row0 = end
         }
-        // Flash-decoding: few tasks over a long context leave threads idle; split each task's keys.
+        // Flash-decoding: few tasks over a long context leave threads idle; split each task's keys. (Items with a
+        // score sink run whole: their kernel adds each position's final weight.)
         let longest = tasks.reduce(0) { max($0, $1.keyHigh) }
-        guard relayGroups.isEmpty, threads > 1, tasks.count < 2 * threads, longest >= 512 else { return }
+        guard relayGroups.isEmpty, !sinks.contains(where: { $0 != nil }), threads > 1, tasks.count < 2 * threads, longest >= 512 else { return }
         let parts = threads * ((2 + tasks.count - 1) / tasks.count)
         guard tasks.count * parts <= maxParts else { return }
         let whole = tasks
@@ -234,7 +239,7 @@ enum Attention {
                         let toPart = task.part >= 0
                         let o = toPart ? ws.partials + task.part * partStride : out + task.row0 * qDim + task.kvHead * group * hd
                         tern_attn_tiled(kvType, Int64(hd), scale, qBase, Int64(task.rows), Int64(group), qDim,
-                                        Int64(ws.rowPosition[task.row0]), Int64(window), segs.map { $0 + range.lowerBound },
+                                        Int64(ws.attentionPosition[task.row0]), Int64(window), segs.map { $0 + range.lowerBound },
                                         Int64(range.count), memory.layerOffset(layer), rowBytes, sliceOffset,
                                         Int64(task.keyLow), Int64(task.keyHigh), work, o, toPart ? group * hd : qDim,
                                         toPart ? ws.partialLse + task.part * AttentionPlan.rowTile * group : lse)
@@ -286,7 +291,7 @@ enum Attention {
             }
         } else {
             tern_attn_tiled_state(kvType, Int64(hd), scale, q + task.row0 * qDim + head0 * hd, 1, Int64(group), qDim,
-                                  Int64(ws.rowPosition[task.row0]), 0, segs.map { $0 + range.lowerBound }, Int64(range.count),
+                                  Int64(ws.attentionPosition[task.row0]), 0, segs.map { $0 + range.lowerBound }, Int64(range.count),
                                   layerOffset, rowBytes, sliceOffset, Int64(task.keyLow), Int64(task.keyHigh), work,
                                   out + task.row0 * qDim + head0 * hd, qDim, lse,
                                   ws.relayState + (task.gathered * headCount + head0) * stateSize, nil)
@@ -299,7 +304,7 @@ enum Attention {
         (storage.kernelType, kvHead * storage.rowBytes(hd))
     }
 
-    /// The two-pass kernel, row by row, adding the last row's weights to the item's sink.
+    /// The two-pass kernel, row by row, adding every row's weights to the item's sink.
     private static func rowsWithSink(task: AttentionTask, q: UnsafePointer<Float>, qDim: Int, group: Int, hd: Int,
                                      scale: Float, window: Int, kvType: Int32, sliceOffset: Int, rowBytes: Int,
                                      segs: UnsafePointer<tern_kv_segment>?, range: Range<Int>, layer: Int,
@@ -307,13 +312,11 @@ enum Attention {
                                      ws: LlamaWorkspace, tid: Int, lse: UnsafeMutablePointer<Float>) {
         let scores = ws.scores + tid * ws.scoreStride
         for r in task.row0..<(task.row0 + task.rows) {
-            let position = ws.rowPosition[r]
+            let position = ws.attentionPosition[r]
             let first = window > 0 ? max(0, position - window + 1) : 0
             precondition(position + 1 - first <= ws.scoreStride, "context longer than the workspace's score buffer")
-            var sink: UnsafeMutablePointer<Float>?
-            if let s = metadata.sinks[task.item], ws.lastRowOfItem[task.item] == r {
-                sink = s.weights(layer: layer, kvHead: task.kvHead)
-            }
+            let sink = metadata.sinks[task.item]?.weights(layer: layer, kvHead: task.kvHead)
+            precondition(metadata.sinks[task.item].map { position < $0.capacity } ?? true, "a score sink smaller than the rows it scores")
             tern_attn_rows(kvType, Int64(hd), scale, q + (r - task.row0) * qDim, Int64(group), hd,
                            segs.map { $0 + range.lowerBound }, Int64(range.count), memory.layerOffset(layer), rowBytes,
                            sliceOffset, Int64(first), Int64(position + 1), scores,

@@ -20,7 +20,7 @@ public struct ForwardItem {
     public var memory: SequenceMemory
     /// Which of this item's token rows want logits (indices into `tokens`).
     public var logitRows: Range<Int>
-    /// Where the attention kernels add the attention weights of this item's last row (transformers only).
+    /// Where the attention kernels add the attention weights of this item's rows (transformers only).
     public var scoreSink: AttentionScoreSink?
 
     public init(tokens: [Int32], memory: SequenceMemory, logitRows: Range<Int>, scoreSink: AttentionScoreSink? = nil) {

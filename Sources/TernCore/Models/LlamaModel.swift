@@ -211,6 +211,7 @@ public final class LlamaModel: LanguageModel {
             let start = memories[i].count
             for (j, t) in item.tokens.enumerated() {
                 ws.rowPosition[row] = start + j
+                ws.attentionPosition[row] = start + j - memories[i].droppedPositions
                 ws.rowItem[row] = i
                 tern_dequantize_row(embType, tokenEmbedding.data + Int(t) * tokenEmbedding.rowBytes, ws.x + row * dim, Int64(dim))
                 if cfg.embeddingScale != 1 { VectorOps.scale(ws.x + row * dim, cfg.embeddingScale, count: dim) }
@@ -222,7 +223,7 @@ public final class LlamaModel: LanguageModel {
         }
         ws.attentionMetadata.build(memories: memories, ends: batch.indices.map { memories[$0].count + batch[$0].tokens.count },
                                    sinks: batch.map(\.scoreSink))
-        ws.attentionPlan.plan(items: batch.count, lastRowOfItem: ws.lastRowOfItem, rowPosition: ws.rowPosition,
+        ws.attentionPlan.plan(items: batch.count, lastRowOfItem: ws.lastRowOfItem, rowPosition: ws.attentionPosition,
                               kvHeads: cfg.kvHeadCount, threads: ws.pool.threadCount, maxParts: ws.maxParts,
                               memories: memories, sinks: ws.attentionMetadata.sinks, relay: ws.relayEnabled)
         let pool = ws.pool

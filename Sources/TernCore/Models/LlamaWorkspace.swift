@@ -46,6 +46,8 @@ public final class LlamaWorkspace: ModelWorkspace {
     /// For each batch row: its absolute position, and which batch item it belongs to.
     var rowPosition: [Int]
     var rowItem: [Int]
+    /// For each batch row: the position the attention kernels compare (rowPosition minus what its memory evicted).
+    var attentionPosition: [Int]
     /// Batch rows whose logits were asked for, in output order.
     var logitSourceRows: [Int] = []
     let ropeHalf: Int
@@ -90,6 +92,7 @@ public final class LlamaWorkspace: ModelWorkspace {
         logitRowCapacity = 1
         logits = .allocate(capacity: c.vocabularySize)
         rowPosition = [Int](repeating: 0, count: t)
+        attentionPosition = [Int](repeating: 0, count: t)
         rowItem = [Int](repeating: 0, count: t)
         logitSourceRows.reserveCapacity(t)
         ropeHalf = c.ropeDimensions / 2

@@ -29,7 +29,8 @@ struct CompletionJob {
     static let maxLogitBias = 1024
     static let maxPredictionBytes = 1 << 20
 
-    static func parse(_ body: Data, kind: Kind, model: LoadedModel, contextLength: Int, modelName: String) throws -> CompletionJob {
+    static func parse(_ body: Data, kind: Kind, model: LoadedModel, contextLength: Int, modelName: String,
+                      serverEviction: EvictionSettings = EvictionSettings(policy: .none, budget: EvictionSettings.defaultBudget)) throws -> CompletionJob {
         let f = try RequestFields(body: body)
         if let name = try f.string("model"), name != modelName {
             throw APIError(404, "the model '\(name)' does not exist; this server serves '\(modelName)'", param: "model", code: "model_not_found")
@@ -63,6 +64,7 @@ struct CompletionJob {
         _ = try f.string("user")
         let prediction = try predictedOutput(f, model: model)
         let speculative = try f.bool("speculative", default: true)
+        let eviction = try evictionSettings(f, server: serverEviction)
 
         var logprobs: Int?
         var echo = false
@@ -121,7 +123,7 @@ struct CompletionJob {
             requests.append(EngineRequest(promptTokens: p, maxTokens: count, sampling: sampling,
                                           stopStrings: stops, ignoreEOS: ignoreEOS, n: n,
                                           logprobs: logprobs, promptLogprobs: echo && logprobs != nil,
-                                          prediction: prediction, speculative: speculative))
+                                          prediction: prediction, speculative: speculative, eviction: eviction))
         }
         return CompletionJob(kind: kind, requests: requests, promptTexts: promptTexts, stream: stream,
                              includeUsage: includeUsage, echo: echo, logprobs: logprobs, n: n)
@@ -164,6 +166,23 @@ struct CompletionJob {
         default:
             throw APIError.invalid("prompt", "'prompt' must be a string, an array of strings, or token-id arrays")
         }
+    }
+
+    /// Tern's KV eviction per request: `kv_policy` (none, window, alisa, dms) and `kv_budget` (positions kept per
+    /// layer and KV head); either alone takes the other from the server (`--kv-policy`, `--kv-budget`). nil when
+    /// neither is given.
+    static func evictionSettings(_ f: RequestFields, server serverEviction: EvictionSettings) throws -> EvictionSettings? {
+        let name = try f.string("kv_policy")
+        let budget = try f.int("kv_budget", in: EvictionSettings.minimumBudget...Int(Int32.max))
+        guard name != nil || budget != nil else { return nil }
+        var policy: EvictionPolicy?
+        if let name {
+            guard let p = EvictionPolicy(rawValue: name) else {
+                throw APIError.invalid("kv_policy", "'kv_policy' must be one of none, window, alisa, dms; got '\(name)'")
+            }
+            policy = p
+        }
+        return EvictionSettings(policy: policy ?? serverEviction.policy, budget: budget ?? serverEviction.budget)
     }
 
     /// OpenAI's predicted outputs: `prediction: {"type": "content", "content": "…"}`, the content a string or an

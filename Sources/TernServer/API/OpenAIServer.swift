@@ -175,7 +175,11 @@ public final class OpenAIServer: @unchecked Sendable {
                           log: @escaping @Sendable (Int, Int) -> Void) throws {
         let engine = try readyEngine()
         let job = try CompletionJob.parse(req.body, kind: kind, model: engine.loaded,
-                                          contextLength: engine.configuration.contextLength, modelName: options.modelName)
+                                          contextLength: engine.configuration.contextLength, modelName: options.modelName,
+                                          serverEviction: engine.configuration.eviction)
+        if let e = job.requests.first?.eviction, e.isActive, !Engine.canEvict(engine.loaded) {
+            logger.notice("kv_policy \(e.policy.rawValue) ignored: \(engine.loaded.model.architecture) keeps a fixed-size state or sliding-window layers")
+        }
         let box = ResponderBox()
         let responder = CompletionResponder(job: job, writer: writer, tokenizer: engine.loaded.tokenizer,
                                             modelName: options.modelName) { [weak self] status, tokens in

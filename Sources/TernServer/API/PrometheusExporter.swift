@@ -40,6 +40,14 @@ enum PrometheusExporter {
         metric("tern_relay_groups", "gauge", "Relay groups (decoding sequences sharing prefix blocks) in the last engine step.", Double(m.relayGroups))
         metric("tern_relay_prefix_tokens_read_total", "counter", "Shared-prefix positions RelayAttention read, once per group and step.", Double(m.relayPrefixTokensRead))
         metric("tern_relay_prefix_tokens_per_sequence_total", "counter", "Shared-prefix positions the relay groups' members would have read one by one.", Double(m.relayPrefixTokensPerSequence))
+        // Every policy is listed, so a dashboard sees zeros rather than missing series.
+        func byPolicy(_ name: String, _ type: String, _ help: String, _ values: [EvictionPolicy: Int]) {
+            out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
+            for p in EvictionPolicy.allCases { out += "\(name){policy=\"\(p.rawValue)\"} \(values[p] ?? 0)\n" }
+        }
+        byPolicy("tern_kv_evicted_tokens_total", "counter", "Positions evicted from the KV cache, counted once per position for every layer and KV head.",
+                 m.kvEvictedTokens)
+        byPolicy("tern_kv_kept_tokens", "gauge", "Positions the running sequences keep per layer and KV head, by eviction policy.", m.kvKeptTokens)
         metric("tern_engine_steps_total", "counter", "Engine steps (batched forward passes).", Double(m.steps))
         let spec = m.speculation
         metric("tern_spec_decode_draft_tokens_total", "counter", "Speculative tokens drafted and verified.", Double(spec.draftedTokens))
