@@ -34,6 +34,12 @@ let package = Package(
             dependencies: ["TernCore", "TernServer", "CKernels",
                            .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
+        // Fuzz targets for the parsers. A normal build replays corpus files (tern-fuzz TARGET FILE...); scripts/fuzz
+        // builds it with -sanitize=fuzzer,address and -D TERN_LIBFUZZER on the command line, not here.
+        .executableTarget(
+            name: "tern-fuzz",
+            dependencies: ["TernCore", "TernServer"]
+        ),
         // Paths and helpers the test targets share.
         .target(
             name: "TernTestSupport",

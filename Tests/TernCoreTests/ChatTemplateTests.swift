@@ -4,7 +4,7 @@
 
 import Foundation
 import XCTest
-import TernCore
+@testable import TernCore
 
 final class ChatTemplateTests: XCTestCase {
     private static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
@@ -144,6 +144,34 @@ final class ChatTemplateTests: XCTestCase {
         XCTAssertThrowsError(try t.render(context: [:])) { error in
             XCTAssertEqual((error as? ChatTemplateError)?.kind, .runtime)
         }
+    }
+
+    /// Found by fuzzing (tern-fuzz chat-template, LeakSanitizer): a macro's callable holds the scope it was defined
+    /// in and that scope holds the callable, so every render of a template with a macro leaked its scopes. The
+    /// interpreter breaks the cycle when the render ends, and macros still work up to then (also when called
+    /// from a loop's scope and from another macro).
+    func testScopesWithMacrosAreReleasedAfterRendering() throws {
+        let source = "{% macro inner(x) %}[{{ x }}]{% endmacro %}{% macro outer(x) %}{{ inner(x) }}{% endmacro %}"
+            + "{% for i in range(2) %}{{ outer(i) }}{% endfor %}"
+        var lexer = TemplateLexer(source: source)
+        try lexer.tokenize()
+        var parser = TemplateParser(lexer: lexer)
+        let nodes = try parser.parseTemplate()
+        weak var released: JinjaScope?
+        try {
+            let globals = JinjaScope(parent: nil)
+            TemplateGlobals.install(into: globals)
+            let scope = JinjaScope(parent: globals)
+            released = scope
+            let interpreter = JinjaInterpreter(now: { Date() })
+            XCTAssertEqual(try interpreter.render(nodes, scope: scope), "[0][1]")
+            interpreter.releaseScopes()
+        }()
+        XCTAssertNil(released, "the template's scope outlived the render")
+        // Through the public entry point, which releases by itself: the same output, render after render.
+        let template = try ChatTemplate(source: source)
+        XCTAssertEqual(try template.render(context: [:]), "[0][1]")
+        XCTAssertEqual(try template.render(context: [:]), "[0][1]")
     }
 }
 

@@ -269,6 +269,30 @@ final class TokenizerTests: XCTestCase {
 
     // MARK: Validation
 
+    /// Found by fuzzing (tern-fuzz tokenizer): SmolLM2 has no token for some control bytes, and its GGUF names
+    /// <|endoftext|> as the unknown token, so "a\u{04}b" became a, <|endoftext|>, b: plain text (a chat message)
+    /// turned into a control token. Such bytes are dropped now, as Hugging Face and llama.cpp drop them.
+    func testBytesWithoutATokenNeverBecomeControlTokens() throws {
+        let tok = try smolLM2()
+        XCTAssertTrue(tok.bytesWithoutToken.contains(0x04))
+        let endOfText = try XCTUnwrap(tok.tokenID(forText: "<|endoftext|>"))
+        let ids = tok.encode("a\u{04}b")
+        XCTAssertFalse(ids.contains(endOfText), "\(ids)")
+        XCTAssertEqual(tok.decode(ids), "ab")
+        XCTAssertEqual(tok.encode("a\u{04}b", parseSpecial: true), ids)
+
+        // The rule itself, on small vocabularies: a byte-level vocabulary without "c" (and so without byte 0x63)
+        // drops it when its unknown token is a control token, and keeps an unknown token that is only unknown.
+        let control = TokenizerSpec.TokenType.control, normal = TokenizerSpec.TokenType.normal
+        let dropping = try Tokenizer(spec: TokenizerSpec(model: .byteLevelBPE, tokens: ["<|end|>", "a", "b"],
+                                                         tokenTypes: [control, normal, normal], unknownID: 0))
+        XCTAssertEqual(dropping.encode("acb"), [1, 2])
+        XCTAssertTrue(dropping.bytesWithoutToken.contains(UInt8(ascii: "c")))
+        let keeping = try Tokenizer(spec: TokenizerSpec(model: .byteLevelBPE, tokens: ["<unk>", "a", "b"],
+                                                        tokenTypes: [TokenizerSpec.TokenType.unknown, normal, normal], unknownID: 0))
+        XCTAssertEqual(keeping.encode("acb"), [1, 0, 2])
+    }
+
     func testInvalidSpecsAreRejected() {
         XCTAssertThrowsError(try Tokenizer(spec: TokenizerSpec(model: .byteLevelBPE, tokens: [])))
         XCTAssertThrowsError(try Tokenizer(spec: TokenizerSpec(model: .byteLevelBPE, tokens: ["a", "b"], bosID: 5)))

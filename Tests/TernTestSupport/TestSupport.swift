@@ -23,18 +23,21 @@ public enum TestPaths {
     }
 
     /// The `tern` executable built beside the test bundle.
-    public static func ternBinary() throws -> String {
+    public static func ternBinary() throws -> String { try builtExecutable("tern") }
+
+    /// An executable product (`tern`, `tern-fuzz`) built beside the test bundle.
+    public static func builtExecutable(_ name: String) throws -> String {
         var dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
         for _ in 0..<4 {
-            let candidate = dir.appendingPathComponent("tern").path
+            let candidate = dir.appendingPathComponent(name).path
             if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
             dir = dir.deletingLastPathComponent()
         }
         for config in ["release", "debug"] {
-            let candidate = repoRoot + "/.build/\(config)/tern"
+            let candidate = repoRoot + "/.build/\(config)/\(name)"
             if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
         }
-        throw XCTSkip("tern executable not built")
+        throw XCTSkip("\(name) executable not built")
     }
 
     public static func temporaryDirectory() throws -> String {

@@ -36,6 +36,7 @@ public final class ChatTemplate: Sendable {
         TemplateGlobals.install(into: globals)
         for (k, v) in context { globals.vars[k] = JinjaValue(v) }
         let interpreter = JinjaInterpreter(now: now)
+        defer { interpreter.releaseScopes() }
         return try interpreter.render(nodes, scope: JinjaScope(parent: globals))
     }
 }

@@ -13,7 +13,8 @@ public final class LoadedModel: Sendable {
 
     /// `chatTemplate` replaces the checkpoint's own template (`--chat-template`), or supplies one it lacks.
     public init(path: String, chatTemplate override: ChatTemplate? = nil) throws {
-        let ck = try Checkpoint.open(path: path)
+        // A private copy of the weights: the file may be truncated or replaced while a server runs (MappedFile).
+        let ck = try Checkpoint.open(path: path, backing: .privateCopy)
         checkpoint = ck
         model = try ModelLoader.load(ck)
         do {

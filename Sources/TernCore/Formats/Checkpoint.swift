@@ -18,20 +18,21 @@ public final class Checkpoint: Sendable {
     public let tokenizerSpec: TokenizerSpec
     public let chatTemplate: String?
 
-    public static func open(path: String) throws -> Checkpoint {
+    /// `backing`: how the weights are held (see MappedFile); a server reading them for hours wants `.privateCopy`.
+    public static func open(path: String, backing: MappedFile.Backing = .mapped) throws -> Checkpoint {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
             throw CheckpointError(file: path, "no such file or directory")
         }
-        if isDir.boolValue { return try Checkpoint(huggingFaceDirectory: path) }
+        if isDir.boolValue { return try Checkpoint(huggingFaceDirectory: path, backing: backing) }
         if path.hasSuffix(".safetensors") || path.hasSuffix(".json") {
-            return try Checkpoint(huggingFaceDirectory: (path as NSString).deletingLastPathComponent)
+            return try Checkpoint(huggingFaceDirectory: (path as NSString).deletingLastPathComponent, backing: backing)
         }
-        return try Checkpoint(ggufPath: path)
+        return try Checkpoint(ggufPath: path, backing: backing)
     }
 
-    private init(ggufPath: String) throws {
-        let g = try GGUFFile(path: ggufPath)
+    private init(ggufPath: String, backing: MappedFile.Backing) throws {
+        let g = try GGUFFile(path: ggufPath, backing: backing)
         self.path = ggufPath
         self.format = .gguf
         self.gguf = g
@@ -50,7 +51,7 @@ public final class Checkpoint: Sendable {
         self.chatTemplate = g.string("tokenizer.chat_template")
     }
 
-    private init(huggingFaceDirectory dir: String) throws {
+    private init(huggingFaceDirectory dir: String, backing: MappedFile.Backing) throws {
         let dirURL = URL(fileURLWithPath: dir)
         self.path = dir
         self.format = .safetensors
@@ -85,7 +86,7 @@ public final class Checkpoint: Sendable {
         }
         var tensors: [String: WeightTensor] = [:]
         for f in files {
-            let st = try SafetensorsFile(path: dirURL.appendingPathComponent(f).path)
+            let st = try SafetensorsFile(path: dirURL.appendingPathComponent(f).path, backing: backing)
             for (name, info) in st.tensors {
                 let ggufName = Self.ggufTensorName(hfName: name, architecture: architecture) ?? name
                 tensors[ggufName] = try Self.weightTensor(info, name: ggufName, file: st)

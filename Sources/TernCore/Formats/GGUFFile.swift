@@ -91,8 +91,8 @@ public final class GGUFFile: Sendable {
 
     private let tensorIndex: [String: Int]
 
-    public convenience init(path: String) throws {
-        try self.init(mapped: try MappedFile(path: path))
+    public convenience init(path: String, backing: MappedFile.Backing = .mapped) throws {
+        try self.init(mapped: try MappedFile(path: path, backing: backing))
     }
 
     public init(mapped file: MappedFile) throws {

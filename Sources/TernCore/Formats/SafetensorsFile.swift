@@ -22,9 +22,13 @@ public final class SafetensorsFile: Sendable {
         "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1,
     ]
 
-    public init(path: String) throws {
-        let file = try MappedFile(path: path)
+    public convenience init(path: String, backing: MappedFile.Backing = .mapped) throws {
+        try self.init(mapped: try MappedFile(path: path, backing: backing))
+    }
+
+    public init(mapped file: MappedFile) throws {
         self.file = file
+        let path = file.path
         self.path = path
         var r = ByteCursor(base: file.base, size: file.size, path: path)
         let headerLength = try r.read(UInt64.self, "header length")

@@ -32,6 +32,11 @@ public final class Tokenizer: Sendable {
     private let parsedSpecials: SpecialTokenMatcher   // matched only with parseSpecial
     private let alwaysSpecials: SpecialTokenMatcher   // user-defined: matched always
     private let endOfGeneration: Set<Int32>
+    /// The token for text that no token spells (a byte without a byte token): the unknown token, unless that is a
+    /// control token too. GGUF byte-level vocabularies often name <|endoftext|> as unknown (SmolLM2 does), and
+    /// plain text must never become a control token (a \u{04} in a chat message would end the text there); such
+    /// bytes are dropped instead, as Hugging Face's BPE without an unk_token and llama.cpp drop them.
+    private let unknownFallback: Int32?
 
     public var vocabularySize: Int { spec.tokens.count }
 
@@ -159,11 +164,24 @@ public final class Tokenizer: Sendable {
         }
         if let eos = spec.eosID { eog.insert(eos) }
         endOfGeneration = eog
+
+        if let unk = spec.unknownID {
+            let isControl = types.isEmpty ? [spec.bosID, spec.eosID, spec.paddingID].contains(unk) || eog.contains(unk)
+                                          : types[Int(unk)] == TokenizerSpec.TokenType.control
+            unknownFallback = isControl ? nil : unk
+        } else {
+            unknownFallback = nil
+        }
     }
 
     // MARK: - Lookups
 
     public func isEndOfGeneration(_ id: Int32) -> Bool { endOfGeneration.contains(id) }
+
+    /// Bytes that no token stands for (byte-level: no token for the byte's stand-in character; SentencePiece: no
+    /// <0xXX> fallback token). Text holding them cannot survive encoding: such a byte becomes the unknown token, or
+    /// is dropped when that is a control token. SmolLM2's vocabulary lacks some control bytes, \u{04} among them.
+    public var bytesWithoutToken: [UInt8] { (0..<256).filter { byteTokens[$0] < 0 }.map { UInt8($0) } }
 
     public func tokenID(forText text: String) -> Int32? { tokenToID[Array(text.utf8)] }
 
@@ -367,7 +385,7 @@ public final class Tokenizer: Sendable {
                 out.append(s.id)
             } else if (Int(s.start)..<Int(s.end)).allSatisfy({ byteTokens[Int(bytes[$0])] >= 0 }) {
                 for p in Int(s.start)..<Int(s.end) { out.append(byteTokens[Int(bytes[p])]) }
-            } else if let unk = spec.unknownID {
+            } else if let unk = unknownFallback {
                 out.append(unk)
             }
             i = s.next
