@@ -4,7 +4,7 @@
 #      without eviction and with each policy at BUDGET positions (the depth is filled in chunks, eviction between);
 #   2. concurrency in a small KV store: `tern serve --kv-cache-mib MIB` without eviction and with a policy at
 #      SERVE_BUDGET, driven by `tern bench-serve` with CONCURRENCY clients each generating OUTPUT tokens; prints the
-#      aggregate throughput, errors, and the most requests the engine ran at once (polled from /metrics);
+#      aggregate throughput, errors, preemptions and the mean number of sequences each engine step carried;
 #   3. with --perplexity: `tern perplexity` at context 4096 on the committed long text for none and every policy at
 #      budgets 2048, 1024, 512 (slow: about a minute per window and run on 2 cores).
 # Usage: scripts/bench_eviction.sh [--perplexity]   (after `swift build -c release`; env: MODEL, THREADS, DEPTH,
@@ -36,32 +36,26 @@ for policy in none "$SERVE_POLICY"; do
         --kv-budget "$SERVE_BUDGET" --spec off >/tmp/tern-bench-eviction-serve.log 2>&1 &
     pid=$!
     for _ in $(seq 1 100); do curl -sf "localhost:$PORT/health" >/dev/null && break; sleep 0.2; done
-    peak=0
-    (
-        while sleep 0.5; do
-            n=$(curl -s "localhost:$PORT/metrics" | awk '/^tern_requests_running /{print $2}')
-            echo "${n:-0}"
-        done
-    ) >/tmp/tern-bench-eviction-running.txt &
-    poller=$!
     result=$($T bench-serve --url "http://127.0.0.1:$PORT" --concurrency "$CONCURRENCY" --num-requests "$CONCURRENCY" \
         --prompt-tokens 32 --output-tokens "$OUTPUT" --duration-limit 1200 --request-timeout 1200 --seed 7 2>&1)
-    kill $poller 2>/dev/null || true
-    peak=$(sort -n /tmp/tern-bench-eviction-running.txt | tail -1)
-    preempt=$(curl -s "localhost:$PORT/metrics" | awk '/^tern_preemptions_total /{print $2}')
+    metrics=$(curl -s "localhost:$PORT/metrics")
     kill $pid; wait $pid 2>/dev/null || true
-    echo "### --kv-policy $policy (budget $SERVE_BUDGET): most running at once $peak, preemptions $preempt"
+    # Sequences per engine step (the batch each forward pass carried), averaged over the run.
+    batch=$(echo "$metrics" | awk '/^tern_batch_size_sum /{s=$2} /^tern_batch_size_count /{c=$2} END{printf "%.2f", s/c}')
+    preempt=$(echo "$metrics" | awk '/^tern_preemptions_total /{print $2}')
+    evicted=$(echo "$metrics" | awk -v p="$policy" '$1=="tern_kv_evicted_tokens_total{policy=\""p"\"}"{print $2}')
+    echo "### --kv-policy $policy (budget $SERVE_BUDGET): mean sequences per step $batch, preemptions $preempt, evicted ${evicted:-0}"
     echo "$result" | grep -E 'Requests|Duration|Output token throughput|Errors|×' | head -10
 done
 
 if [[ "${1:-}" == "--perplexity" ]]; then
-    echo "## perplexity, context 4096, Tests/Fixtures/longtext/licenses.txt (${PPL_WINDOWS:-5} windows)"
+    echo "## perplexity, context 4096, Tests/Fixtures/longtext/licenses.txt (${PPL_WINDOWS:-3} windows)"
     F=Tests/Fixtures/longtext/licenses.txt
-    echo "none: $($T perplexity --model "$M" --threads "$THREADS" --file $F --context 4096 --chunks "${PPL_WINDOWS:-5}" 2>/dev/null | tail -1)"
+    echo "none: $($T perplexity --model "$M" --threads "$THREADS" --file $F --context 4096 --chunks "${PPL_WINDOWS:-3}" 2>/dev/null | tail -1)"
     for budget in 2048 1024 512; do
         for policy in window alisa dms; do
             echo "$policy $budget: $($T perplexity --model "$M" --threads "$THREADS" --file $F --context 4096 \
-                --chunks "${PPL_WINDOWS:-5}" --kv-policy $policy --kv-budget $budget 2>/dev/null | tail -1)"
+                --chunks "${PPL_WINDOWS:-3}" --kv-policy $policy --kv-budget $budget 2>/dev/null | tail -1)"
         done
     done
 fi

@@ -69,7 +69,7 @@ func mebibytes(_ bytes: Int) -> String { String(format: "%.0f MiB", Double(bytes
 
 /// Loads a model, with elapsed time and resident memory on the progress line: the loader reports nothing, but
 /// the weights' pages becoming resident is what loading does, so memory growth is a fair measure of it.
-func loadModel(_ path: String, chatTemplate: ChatTemplate? = nil) throws -> (model: LoadedModel, seconds: Double) {
+func loadModel(_ path: String, chatTemplate: ChatTemplate? = nil, weights: MappedFile.Backing = .mapped) throws -> (model: LoadedModel, seconds: Double) {
     let progress = ProgressLine.onTerminal()
     let name = (path as NSString).lastPathComponent
     progress?.tick { p in
@@ -77,6 +77,6 @@ func loadModel(_ path: String, chatTemplate: ChatTemplate? = nil) throws -> (mod
     }
     defer { progress?.finish() }
     let start = Date()
-    let loaded = try LoadedModel(path: path, chatTemplate: chatTemplate)
+    let loaded = try LoadedModel(path: path, chatTemplate: chatTemplate, weights: weights)
     return (loaded, Date().timeIntervalSince(start))
 }

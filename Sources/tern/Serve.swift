@@ -20,7 +20,7 @@ struct ServeCommand: ParsableCommand, EnvironmentReadable {
         .value("model"), .value("host"), .value("port"), .list("api-key"), .value("tls-cert"), .value("tls-key"),
         .value("max-queue"), .value("ctx-size"), .value("threads"), .value("kv-cache-mib"), .value("block-size"),
         .value("kv-type"), .value("max-batch-tokens"), .value("max-running"), .value("cors-origin"),
-        .value("served-model-name"), .value("max-body-mib"), .value("drain-timeout"), .flag("no-prefix-caching"),
+        .value("served-model-name"), .value("max-body-mib"), .value("drain-timeout"), .flag("no-prefix-caching"), .flag("no-mmap"),
         .value("relay"), .value("chat-template"),
     ] + SpeculationOptions.environmentOptions + EvictionOptions.environmentOptions
 
@@ -68,6 +68,10 @@ struct ServeCommand: ParsableCommand, EnvironmentReadable {
     var drainTimeout = 30
     @Flag(help: .tern("Turn off reuse of cached prompt blocks.", env: "no-prefix-caching", default: "prefix caching on"))
     var noPrefixCaching = false
+    @Flag(help: .tern(
+        "Read the weights into memory of the server's own instead of mapping the file, so the file may be truncated or rewritten in place while serving.",
+        env: "no-mmap", default: "mapped zero-copy"))
+    var noMmap = false
     @Option(parsing: .unconditional, help: .tern(
         "RelayAttention: decoding requests that share prompt-prefix blocks read that prefix once per step (on or off).",
         env: "relay", valueName: "on|off"))
@@ -140,7 +144,7 @@ func serve(_ o: ServeCommand) throws {
     let loaded: LoadedModel
     let loadSeconds: Double
     do {
-        (loaded, loadSeconds) = try loadModel(path, chatTemplate: chatTemplate)
+        (loaded, loadSeconds) = try loadModel(path, chatTemplate: chatTemplate, weights: o.noMmap ? .privateCopy : .mapped)
     } catch {
         api.failedToLoad("\(error)")
         server.shutdown(timeout: 1)

@@ -38,12 +38,12 @@ final class EvictionTests: XCTestCase {
             let memory = PagedKVMemory(pool: pool, capacity: 128)
             let settings = EvictionSettings(policy: EvictionPolicy(rawValue: name)!, budget: ref.budget,
                                             sinkTokens: ref.sink_tokens, recentWindow: ref.recent_window,
-                                            decayHorizon: ref.recent_window)
+                                            decayHorizon: ref.recent_window, decodeScoreInterval: 1)
             memory.enableEviction(settings, kvHeads: cfg.kvHeadCount, headDim: cfg.headDim, longest: ref.tokens.count)
             XCTAssertEqual(memory.eviction == nil, name == "none")
             var start = 0
             for (i, n) in ref.schedule.enumerated() {
-                let sink = memory.eviction?.sinkForPass(rows: memory.storedRows(group: 0) + n)
+                let sink = memory.eviction?.sinkForPass(rows: memory.storedRows(group: 0) + n, newRows: n)
                 let logits = try m.model.forward([ForwardItem(tokens: Array(ref.tokens[start..<(start + n)]), memory: memory,
                                                               logitRows: (n - 1)..<n, scoreSink: sink)], workspace: ws)
                 var worst = 0.0

@@ -1,7 +1,8 @@
-// The model file changing under a running server (issue 15, faults): LoadedModel reads its weights into memory of
-// its own (MappedFile's .privateCopy), so truncating, rewriting or replacing the file leaves generation exactly as
-// it was, where a shared map would die of SIGBUS on the next page it touched past the new end. The test would crash
-// the test process rather than fail, which is the point of running it.
+// The model file changing under a running server (issue 15, faults). With `tern serve --no-mmap` LoadedModel reads
+// its weights into memory of its own (MappedFile's .privateCopy), so truncating, rewriting or replacing the file
+// leaves generation exactly as it was, where a map would die of SIGBUS on the next page it touched past the new end
+// (the test would crash the test process rather than fail, which is the point of running it). The default map
+// (zero-copy) survives the usual deployment step, a new file renamed over the old one: the map keeps the old file.
 
 import Foundation
 import TernCore
@@ -31,7 +32,7 @@ final class ModelFileFaultTests: XCTestCase {
 
     func testTruncatedAndRewrittenFileDoesNotDisturbAServingEngine() throws {
         let path = try copyOfFixture()
-        let m = try LoadedModel(path: path)
+        let m = try LoadedModel(path: path, weights: .privateCopy)
         let e = try engine(m)
         defer { e.stop() }
         let before = try generate(e)
@@ -47,6 +48,19 @@ final class ModelFileFaultTests: XCTestCase {
         try FileManager.default.copyItem(atPath: TestPaths.fixture("llama/llama-f32.gguf"), toPath: path)
         XCTAssertEqual(try generate(e), before)
         XCTAssertEqual(m.checkpoint.tensors.values.first.map { $0.byteCount > 0 }, true)
+        assertAllBlocksFree(e)
+    }
+
+    func testMappedModelSurvivesAFileRenamedOverIt() throws {
+        let path = try copyOfFixture()
+        let m = try LoadedModel(path: path)
+        let e = try engine(m)
+        defer { e.stop() }
+        let before = try generate(e)
+        let other = path + ".new"
+        try FileManager.default.copyItem(atPath: TestPaths.fixture("llama/llama-f32.gguf"), toPath: other)
+        XCTAssertEqual(rename(other, path), 0)
+        XCTAssertEqual(try generate(e), before)
         assertAllBlocksFree(e)
     }
 

@@ -30,6 +30,11 @@ public struct EvictionSettings: Sendable, Equatable {
     public var recentWindow: Int
     /// ALISA's scores forget with this horizon: each query row multiplies them by 1 − 1/decayHorizon.
     public var decayHorizon: Int
+    /// While decoding, attention weights are gathered on every `decodeScoreInterval`-th one-row pass and counted
+    /// that many times: the kernel that gathers them (tern_attn_rows: two passes, one thread per KV head) costs
+    /// about a third of a decode step at a 1024-position budget, and a regular sample of the recent queries
+    /// estimates their sum. Prefill chunks always gather (all their rows).
+    public var decodeScoreInterval: Int
 
     /// The smallest budget accepted: one block of 16 positions.
     public static let minimumBudget = 16
@@ -38,13 +43,15 @@ public struct EvictionSettings: Sendable, Equatable {
     /// `recentWindow` defaults to half the budget and `decayHorizon` to four budgets, as measured on SmolLM2 at
     /// context 4096 with a 1024 budget (one window of the README's text): alisa 17.10 against 17.22–17.38 with
     /// local windows of 128–512 and a horizon of one window; dms 17.25 at 512 against 17.37 at 256 and 17.28 at 768.
-    public init(policy: EvictionPolicy, budget: Int, sinkTokens: Int = 4, recentWindow: Int? = nil, decayHorizon: Int? = nil) {
+    public init(policy: EvictionPolicy, budget: Int, sinkTokens: Int = 4, recentWindow: Int? = nil, decayHorizon: Int? = nil,
+                decodeScoreInterval: Int = 4) {
         precondition(budget >= Self.minimumBudget, "an eviction budget below \(Self.minimumBudget) positions")
         self.policy = policy
         self.budget = budget
         self.sinkTokens = min(sinkTokens, budget / 2)
         self.recentWindow = max(1, min(recentWindow ?? budget / 2, budget - 1))
         self.decayHorizon = max(1, decayHorizon ?? 4 * budget)
+        self.decodeScoreInterval = max(1, decodeScoreInterval)
     }
 
     /// Whether anything can be evicted.

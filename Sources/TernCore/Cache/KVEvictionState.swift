@@ -18,8 +18,15 @@ public final class KVEvictionState {
     private(set) var scores: [[Float]]
     /// Where the kernels put the last pass's attention weights, by row; nil for policies without scores.
     private var sink: AttentionScoreSink?
-    /// Rows of the sink the last pass may have written.
+    /// Rows of the sink the last pass may have written (0: the last pass gathered no weights).
     private var sinkRows = 0
+    /// Query rows since the scores were last folded (ALISA's decay catches up at the next fold).
+    private var rowsSinceFold = 0
+    /// One-row passes since the last one that gathered weights.
+    private var unscoredDecodes = 0
+    /// What the weights of the pass in flight count for.
+    private var weightScale: Float = 1
+
     /// Positions dropped per (layer, head) since the memory was last emptied (metrics).
     public internal(set) var evicted = 0
 
@@ -42,6 +49,9 @@ public final class KVEvictionState {
         c.evicted = evicted
         c.sink = sink?.copy()
         c.sinkRows = sinkRows
+        c.rowsSinceFold = rowsSinceFold
+        c.unscoredDecodes = unscoredDecodes
+        c.weightScale = weightScale
         return c
     }
 
@@ -53,6 +63,8 @@ public final class KVEvictionState {
         }
         sink?.reset()
         sinkRows = 0
+        rowsSinceFold = 0
+        unscoredDecodes = 0
         evicted = 0
     }
 
@@ -62,10 +74,18 @@ public final class KVEvictionState {
     /// Kept positions of (`layer`, `kvHead`), in row order (tests and metrics).
     public func keptPositions(layer: Int, kvHead: Int) -> [Int32] { positions[layer * kvHeads + kvHead] }
 
-    /// The sink for a forward pass after which the memory holds `rows` rows (grown when needed); nil when the
-    /// policy reads no scores.
-    public func sinkForPass(rows: Int) -> AttentionScoreSink? {
+    /// The sink for a forward pass of `newRows` query rows after which the memory holds `rows` rows (grown when
+    /// needed); nil when the policy reads no scores, or for a decode pass that is not sampled.
+    public func sinkForPass(rows: Int, newRows: Int) -> AttentionScoreSink? {
         guard settings.policy.needsScores else { return nil }
+        if newRows == 1 {
+            unscoredDecodes += 1
+            guard unscoredDecodes >= settings.decodeScoreInterval else { return nil }
+            weightScale = Float(unscoredDecodes)
+        } else {
+            weightScale = 1
+        }
+        unscoredDecodes = 0
         if sink == nil || sink!.capacity < rows {
             // Room for a few more passes before the next growth.
             sink = AttentionScoreSink(layers: layers, kvHeads: kvHeads, capacity: max(rows, settings.budget) + 64)
@@ -85,12 +105,15 @@ public final class KVEvictionState {
                 scores[i].append(0)
             }
         }
-        guard settings.policy.needsScores, let sink else { return }
         let newRows = stored - before
+        rowsSinceFold += newRows
+        guard settings.policy.needsScores, sinkRows > 0, let sink else { return }
         // DMS scores a position while it is in the recent window of the pass's first query: for a decode step
         // that is the last `recentWindow` positions; a prefill chunk scores all its own positions.
         let recentEdge = Int32(count - newRows - settings.recentWindow + 1)
-        let decay = settings.policy == .alisa ? Float(pow(1 - 1 / Double(settings.decayHorizon), Double(newRows))) : 1
+        let decay = settings.policy == .alisa ? Float(pow(1 - 1 / Double(settings.decayHorizon), Double(rowsSinceFold))) : 1
+        let scale = weightScale
+        rowsSinceFold = 0
         for l in 0..<layers {
             for h in 0..<kvHeads {
                 let i = l * kvHeads + h
@@ -98,10 +121,10 @@ public final class KVEvictionState {
                 positions[i].withUnsafeBufferPointer { pos in
                     scores[i].withUnsafeMutableBufferPointer { sc in
                         if settings.policy == .alisa {
-                            for r in 0..<stored { sc[r] = sc[r] * decay + w[r] }
+                            for r in 0..<stored { sc[r] = sc[r] * decay + scale * w[r] }
                         } else {
                             // DMS: scored while recent, frozen once the position left the delay window.
-                            for r in 0..<stored where pos[r] >= recentEdge { sc[r] += w[r] }
+                            for r in 0..<stored where pos[r] >= recentEdge { sc[r] += scale * w[r] }
                         }
                     }
                 }

@@ -12,9 +12,11 @@ public final class LoadedModel: Sendable {
     public let name: String
 
     /// `chatTemplate` replaces the checkpoint's own template (`--chat-template`), or supplies one it lacks.
-    public init(path: String, chatTemplate override: ChatTemplate? = nil) throws {
-        // A private copy of the weights: the file may be truncated or replaced while a server runs (MappedFile).
-        let ck = try Checkpoint.open(path: path, backing: .privateCopy)
+    /// `weights`: `.mapped` (the default) maps the file zero-copy, its pages shared with the page cache and other
+    /// processes; `.privateCopy` (`tern serve --no-mmap`) reads it into memory of its own, so a file truncated or
+    /// rewritten in place while the server runs cannot fault it (MappedFile explains both).
+    public init(path: String, chatTemplate override: ChatTemplate? = nil, weights: MappedFile.Backing = .mapped) throws {
+        let ck = try Checkpoint.open(path: path, backing: weights)
         checkpoint = ck
         model = try ModelLoader.load(ck)
         do {
