@@ -361,7 +361,10 @@ public final class Engine: @unchecked Sendable {
         var decoding: [SequenceState] = []
         var other = 0
         for s in scheduler.running where !s.finished {
-            if s.promptDone && s.pending == 1 { decoding.append(s) } else if !s.promptDone { other += s.pending }
+            // A sequence whose eviction policy scores positions does not speculate: its scores would count the
+            // attention of rejected draft rows, and forks with different drafts would evict differently.
+            let scores = s.paged?.eviction?.settings.policy.needsScores == true
+            if s.promptDone && s.pending == 1 { if !scores { decoding.append(s) } } else if !s.promptDone { other += s.pending }
         }
         guard !decoding.isEmpty else { return }
         // Prompts about to start fill the step with prefill: drafts would only take its room.
