@@ -92,10 +92,7 @@ func runBench(_ o: BenchCommand) throws {
     func forward(_ items: [ForwardItem]) throws -> UnsafeMutablePointer<Float> {
         var items = items
         for i in items.indices {
-            if let paged = items[i].memory as? PagedKVMemory, let e = paged.eviction {
-                items[i].scoreSink = e.sinkForPass(rows: paged.storedRows(group: 0) + items[i].tokens.count,
-                                                    newRows: items[i].tokens.count)
-            }
+            items[i].scoreSink = (items[i].memory as? PagedKVMemory)?.scoreSink(forPass: items[i].tokens.count)
         }
         let logits = try model.forward(items, workspace: workspace)
         for item in items { (item.memory as? PagedKVMemory)?.applyEviction() }

@@ -43,7 +43,7 @@ final class EvictionTests: XCTestCase {
             XCTAssertEqual(memory.eviction == nil, name == "none")
             var start = 0
             for (i, n) in ref.schedule.enumerated() {
-                let sink = memory.eviction?.sinkForPass(rows: memory.storedRows(group: 0) + n, newRows: n)
+                let sink = memory.scoreSink(forPass: n)
                 let logits = try m.model.forward([ForwardItem(tokens: Array(ref.tokens[start..<(start + n)]), memory: memory,
                                                               logitRows: (n - 1)..<n, scoreSink: sink)], workspace: ws)
                 var worst = 0.0

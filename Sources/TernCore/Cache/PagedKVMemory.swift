@@ -320,6 +320,12 @@ public final class PagedKVMemory: KVMemory {
         eviction = needed ? KVEvictionState(settings: settings, layers: layerCount, kvHeads: kvHeads, headDim: headDim) : nil
     }
 
+    /// The score sink for a forward pass of `n` new rows: nil unless the eviction policy reads scores and samples
+    /// this pass (KVEvictionState.sinkForPass).
+    public func scoreSink(forPass n: Int) -> AttentionScoreSink? {
+        eviction?.sinkForPass(rows: storedRows(group: 0) + n, newRows: n)
+    }
+
     /// Applies the eviction policy after a step: folds the step's attention weights into the scores, then, past
     /// the budget, drops the policy's choice of rows per (layer, KV head), moves rows from the end into the holes
     /// (copying a shared or published block before writing into it) and hands back blocks that emptied. Returns

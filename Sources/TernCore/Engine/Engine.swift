@@ -280,8 +280,7 @@ public final class Engine: @unchecked Sendable {
             let wantAll = s.request.request.promptLogprobs && s.choice == 0 && !s.promptDone
             let rows = wantAll ? 0..<c.count : (c.sample ? (c.count - 1)..<(c.count + c.draft.count) : 0..<0)
             // A policy that scores positions gets the kernels' attention weights for every row it will hold.
-            let sink = s.paged?.eviction?.sinkForPass(rows: s.paged!.storedRows(group: 0) + c.count + c.draft.count,
-                                                             newRows: c.count + c.draft.count)
+            let sink = s.paged?.scoreSink(forPass: c.count + c.draft.count)
             items.append(ForwardItem(tokens: Array(s.tokens[c.start..<(c.start + c.count)]) + c.draft, memory: s.memory,
                                      logitRows: rows, scoreSink: sink))
         }

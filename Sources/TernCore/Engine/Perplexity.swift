@@ -81,7 +81,7 @@ public enum Perplexity {
                 let lo = max(pos, first), hi = min(end, context - 1)
                 let rows = lo < hi ? (lo - pos)..<(hi - pos) : 0..<0
                 let paged = memory as? PagedKVMemory
-                let sink = paged?.eviction?.sinkForPass(rows: paged!.storedRows(group: 0) + end - pos, newRows: end - pos)
+                let sink = paged?.scoreSink(forPass: end - pos)
                 let logits = try model.forward([ForwardItem(tokens: Array(window[pos..<end]), memory: memory, logitRows: rows,
                                                             scoreSink: sink)], workspace: workspace)
                 paged?.applyEviction()
