@@ -21,7 +21,7 @@ struct ServeCommand: ParsableCommand, EnvironmentReadable {
         .value("max-queue"), .value("ctx-size"), .value("threads"), .value("kv-cache-mib"), .value("block-size"),
         .value("kv-type"), .value("max-batch-tokens"), .value("max-running"), .value("cors-origin"),
         .value("served-model-name"), .value("max-body-mib"), .value("drain-timeout"), .flag("no-prefix-caching"), .flag("no-mmap"),
-        .value("relay"), .value("chat-template"),
+        .value("relay"), .value("chat-template"), .value("prefix-cache-mib"), .value("kv-release-after"),
     ] + SpeculationOptions.environmentOptions + EvictionOptions.environmentOptions
 
     @Option(parsing: .unconditional, help: .tern("GGUF file or Hugging Face directory.", env: "model", valueName: "path"))
@@ -68,6 +68,14 @@ struct ServeCommand: ParsableCommand, EnvironmentReadable {
     var drainTimeout = 30
     @Flag(help: .tern("Turn off reuse of cached prompt blocks.", env: "no-prefix-caching", default: "prefix caching on"))
     var noPrefixCaching = false
+    @Option(parsing: .unconditional, help: .tern(
+        "MiB of the KV cache that cached prompt prefixes nobody is using may keep; past it the least recently used leave the cache and their memory is given back.",
+        env: "prefix-cache-mib", default: "a quarter of --kv-cache-mib", valueName: "n"))
+    var prefixCacheMib: Int?
+    @Option(parsing: .unconditional, help: .tern(
+        "Seconds a free KV block keeps its memory before it is given back to the kernel, so resident memory follows use after a burst.",
+        env: "kv-release-after", valueName: "s"))
+    var kvReleaseAfter: Double = 10
     @Flag(help: .tern(
         "Read the weights into memory of the server's own instead of mapping the file, so the file may be truncated or rewritten in place while serving.",
         env: "no-mmap", default: "mapped zero-copy"))
@@ -113,6 +121,10 @@ func serve(_ o: ServeCommand) throws {
     let physical = Int(ProcessInfo.processInfo.physicalMemory)
     let kvMiB = try atLeast(o.kvCacheMib ?? min(2048, (physical / 4) >> 20), 1, "kv-cache-mib")
     let prefixCaching = !o.noPrefixCaching
+    let prefixCacheMiB = try atLeast(o.prefixCacheMib ?? kvMiB / 4, 0, "prefix-cache-mib")
+    guard o.kvReleaseAfter >= 0, o.kvReleaseAfter.isFinite else {
+        throw UsageError("--kv-release-after must be a number of seconds ≥ 0, got \(o.kvReleaseAfter)")
+    }
     guard o.relay == "on" || o.relay == "off" else { throw UsageError("--relay must be on or off, got '\(o.relay)'") }
     let speculation = try o.speculation.configuration()
     let eviction = try o.eviction.settings()
@@ -168,6 +180,8 @@ func serve(_ o: ServeCommand) throws {
     config.maxRunning = maxRunning
     config.maxQueue = maxQueue
     config.prefixCaching = prefixCaching
+    config.prefixCacheMaxBytes = prefixCacheMiB << 20
+    config.kvReleaseDelay = o.kvReleaseAfter
     config.relay = o.relay == "on"
     config.speculation = speculation
     config.eviction = eviction

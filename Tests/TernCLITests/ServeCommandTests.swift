@@ -119,4 +119,83 @@ final class ServeCommandTests: XCTestCase {
         XCTAssertEqual(server.process.terminationReason, .exit, server.log)
         XCTAssertEqual(server.process.terminationStatus, 130, server.log)
     }
+
+    /// The log cannot be written (issue 15, faults): a disk that is full (/dev/full: every write fails with
+    /// ENOSPC) or a log reader that went away (a closed pipe: EPIPE). Log lines are lost; requests are not, and
+    /// SIGTERM still drains and exits 0.
+    func testServingGoesOnWhenTheLogCannotBeWritten() throws {
+        try requireCurl()
+        let completion = #"{"prompt":"Hello","max_tokens":3}"#
+        func post(_ port: Int) throws -> String {
+            try runProcess("/usr/bin/curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "20",
+                                             "-H", "Content-Type: application/json", "-d", completion,
+                                             "http://127.0.0.1:\(port)/v1/completions"]).stdout
+        }
+        func launch(_ port: Int, output: Any) throws -> Process {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: try TestPaths.ternBinary())
+            p.arguments = ["serve", "--model", TestPaths.fixture("llama/llama-f32.gguf"), "--port", String(port),
+                           "--threads", "1", "--kv-cache-mib", "16"]
+            p.environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("TERN_") }
+            p.standardOutput = output
+            p.standardError = output
+            try p.run()
+            return p
+        }
+        func terminate(_ p: Process) {
+            kill(p.processIdentifier, SIGTERM)
+            let sent = Date()
+            while p.isRunning && Date().timeIntervalSince(sent) < 10 { usleep(20_000) }
+            if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+            p.waitUntilExit()
+        }
+
+        // Disk full: the port is chosen here, since the log that would name it cannot be read.
+        let port = try freePort()
+        let full = try launch(port, output: try FileHandle(forWritingTo: URL(fileURLWithPath: "/dev/full")))
+        defer { if full.isRunning { kill(full.processIdentifier, SIGKILL) } }
+        let deadline = Date().addingTimeInterval(15)
+        while try status(port, "/health") != "200" {
+            guard full.isRunning, Date() < deadline else { return XCTFail("no answer from a server logging to /dev/full") }
+            usleep(100_000)
+        }
+        for _ in 0..<3 { XCTAssertEqual(try post(port), "200") }
+        terminate(full)
+        XCTAssertEqual(full.terminationReason, .exit)
+        XCTAssertEqual(full.terminationStatus, 0)
+
+        // The log's reader goes away once the server is ready.
+        let pipe = Pipe()
+        let piped = try launch(0, output: pipe)
+        defer { if piped.isRunning { kill(piped.processIdentifier, SIGKILL) } }
+        var log = ""
+        while !log.contains("ready:") {
+            let chunk = pipe.fileHandleForReading.availableData
+            guard !chunk.isEmpty else { return XCTFail("the server ended before it was ready:\n\(log)") }
+            log += String(decoding: chunk, as: UTF8.self)
+        }
+        let line = try XCTUnwrap(log.split(separator: "\n").first { $0.contains("listening on http://") })
+        let pipedPort = try XCTUnwrap(Int((line.components(separatedBy: "127.0.0.1:").last ?? "").prefix { $0.isNumber }))
+        try pipe.fileHandleForReading.close()
+        for _ in 0..<3 { XCTAssertEqual(try post(pipedPort), "200") }
+        XCTAssertEqual(try status(pipedPort, "/health"), "200")
+        terminate(piped)
+        XCTAssertEqual(piped.terminationReason, .exit)
+        XCTAssertEqual(piped.terminationStatus, 0)
+    }
+
+    /// A loopback port nobody listens on right now.
+    private func freePort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let ok = withUnsafeMutablePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
+        }
+        guard ok else { throw XCTSkip("cannot bind a loopback socket") }
+        return Int(UInt16(bigEndian: addr.sin_port))
+    }
 }

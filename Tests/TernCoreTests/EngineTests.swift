@@ -35,7 +35,7 @@ final class EventCollector: @unchecked Sendable {
             reasons[choice] = reason
             texts[choice, default: ""] += text
         case .completed(let u): usage = u; done.signal()
-        case .failed(let m): failure = m; done.signal()
+        case .failed(let m, _): failure = m; done.signal()
         }
         let cb = onToken
         lock.unlock()

@@ -3,6 +3,11 @@
 // them (forks, cached prompt prefixes); a full block is named by hash(parent's hash, its tokens) and stays
 // findable after its last user leaves, until it is reclaimed least-recently-used first.
 //
+// Resident memory follows use (the region is mapped lazily, so a page costs memory once written): free blocks
+// are a stack, so the most recently freed block, whose pages are resident and warm, is handed out first; pages
+// of blocks that stayed free for a while are given back to the kernel (`releaseIdleMemory`); and idle cached
+// prefix blocks are held up to `maxIdleCachedBlocks`, beyond which the least recently used leave the cache.
+//
 // Owned by the engine thread: every method must be called from that one thread; no locks inside.
 
 import CKernels
@@ -25,7 +30,16 @@ public final class KVBlockPool {
     private let regionBytes: Int
 
     private var refCounts: [Int32]
+    /// Free blocks, the most recently freed last, and when each was freed (monotonic nanoseconds). Pushes come
+    /// in time order and pops take the newest, so the times never decrease from the bottom up: the bottom of
+    /// the stack is the block that has been free longest.
     private var freeList: [Int32]
+    private var freedAt: [UInt64]
+    /// The bottom `releasedFree` entries of `freeList` hold no resident pages (never written, or given back).
+    private var releasedFree: Int
+    /// Idle cached blocks kept at most; past it, the least recently used leaves the prefix cache and its pages
+    /// are given back. Int.max: the cache may hold every block nobody uses.
+    public var maxIdleCachedBlocks = Int.max
     /// Prefix cache: block hash → block, and each cached block's hash.
     private var blockByHash: [UInt64: Int32] = [:]
     private var hashOfBlock: [UInt64?]
@@ -64,6 +78,8 @@ public final class KVBlockPool {
         hashOfBlock = [UInt64?](repeating: nil, count: blockCount)
         idleStamp = [UInt64](repeating: 0, count: blockCount)
         freeList = (0..<Int32(blockCount)).reversed().map { $0 }
+        freedAt = [UInt64](repeating: 0, count: blockCount)
+        releasedFree = blockCount
     }
 
     deinit { munmap(region, regionBytes) }
@@ -97,10 +113,19 @@ public final class KVBlockPool {
     /// A block with reference count 1, or nil when every block is in use.
     func allocate() -> Int32? {
         if let b = freeList.popLast() {
+            freedAt.removeLast()
+            releasedFree = min(releasedFree, freeList.count)
             refCounts[Int(b)] = 1
             return b
         }
-        // Reclaim the least recently used idle cached block.
+        guard let b = takeOldestIdle() else { return nil }
+        refCounts[Int(b)] = 1
+        return b
+    }
+
+    /// Removes the least recently used idle cached block from the prefix cache and returns it (reference
+    /// count 0, on no list), or nil when no block is idle.
+    private func takeOldestIdle() -> Int32? {
         while idleHead < idleQueue.count {
             let (b, stamp) = idleQueue[idleHead]
             idleHead += 1
@@ -109,7 +134,6 @@ public final class KVBlockPool {
                 hashOfBlock[Int(b)] = nil
                 idleCachedCount -= 1
                 compactIdleQueue()
-                refCounts[Int(b)] = 1
                 return b
             }
         }
@@ -135,9 +159,61 @@ public final class KVBlockPool {
             idleStamp[Int(b)] = clock
             idleQueue.append((b, clock))
             idleCachedCount += 1
+            while idleCachedCount > maxIdleCachedBlocks, let old = takeOldestIdle() {
+                // Cold by construction: its pages go back now, and it goes to the bottom of the free stack.
+                releasePages(old)
+                freeList.insert(old, at: 0)
+                freedAt.insert(0, at: 0)
+                releasedFree += 1
+            }
         } else {
             freeList.append(b)
+            freedAt.append(DispatchTime.now().uptimeNanoseconds)
         }
+    }
+
+    // MARK: resident memory
+
+    /// Gives back to the kernel the pages of blocks free since before `cutoff` (monotonic nanoseconds, as
+    /// DispatchTime's uptime); their next user finds them zero-filled, which no reader depends on (rows are
+    /// written before attention reads them). Returns the number of blocks released.
+    @discardableResult
+    public func releaseIdleMemory(freedBefore cutoff: UInt64) -> Int {
+        var released = 0
+        while releasedFree < freeList.count && freedAt[releasedFree] <= cutoff {
+            releasePages(freeList[releasedFree])
+            releasedFree += 1
+            released += 1
+        }
+        return released
+    }
+
+    /// When the block free longest but still resident was freed (monotonic nanoseconds), or nil if none is.
+    public var oldestResidentFreeTime: UInt64? {
+        releasedFree < freeList.count ? freedAt[releasedFree] : nil
+    }
+
+    /// Blocks whose pages may be resident: in use, idle in the prefix cache, or free but not yet given back.
+    public var residentBlocks: Int { blockCount - releasedFree }
+
+    /// The whole pages inside block `b` (a block need not start or end on a page).
+    private func releasePages(_ b: Int32) {
+        let page = Self.pageSize
+        let start = (Int(bitPattern: region) + Int(b) * blockBytes + page - 1) / page * page
+        let end = (Int(bitPattern: region) + (Int(b) + 1) * blockBytes) / page * page
+        guard end > start else { return }
+        _ = madvise(UnsafeMutableRawPointer(bitPattern: start), end - start, MADV_DONTNEED)
+    }
+
+    private static let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
+
+    /// Bytes of the pool's region the kernel holds in memory right now (mincore; for tests and diagnostics).
+    public func residentRegionBytes() -> Int {
+        let page = Self.pageSize
+        let pages = (regionBytes + page - 1) / page
+        var vec = [UInt8](repeating: 0, count: pages)
+        guard mincore(region, regionBytes, &vec) == 0 else { return -1 }
+        return vec.reduce(0) { $0 + Int($1 & 1) } * page
     }
 
     func referenceCount(_ b: Int32) -> Int { Int(refCounts[Int(b)]) }
@@ -193,6 +269,8 @@ public final class KVBlockPool {
     public func checkInvariants() -> String? {
         var free = Set(freeList)
         if free.count != freeList.count { return "a block is on the free list twice" }
+        if freedAt.count != freeList.count || releasedFree > freeList.count { return "free-list bookkeeping is off" }
+        if zip(freedAt, freedAt.dropFirst()).contains(where: { $0 > $1 }) { return "free-list times out of order" }
         for b in 0..<Int32(blockCount) {
             let rc = refCounts[Int(b)]
             if rc < 0 { return "block \(b) has reference count \(rc)" }

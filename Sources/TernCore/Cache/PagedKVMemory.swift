@@ -31,6 +31,9 @@ public final class PagedKVMemory: KVMemory {
     public private(set) var tokens: [Int32] = []
     /// Hash of each full block, in order (the same for every group; the pool keys it by group).
     private var hashes: [UInt64] = []
+    /// Whether full blocks go to the pool's prefix cache. Off when nobody looks them up (prefix caching off):
+    /// a published block outlives its sequence as an idle cached block, holding memory for no one.
+    public var publishesBlocks = true
     /// Rows a window group keeps beyond its window, so that rolling back this many rows (rejected speculative
     /// tokens) never needs a row already handed back.
     public var windowSlack = 0
@@ -179,7 +182,7 @@ public final class PagedKVMemory: KVMemory {
         tokens.append(contentsOf: new)
         let bs = pool.blockSize
         // Once a position was evicted the blocks no longer hold whole runs of tokens: nothing more is published.
-        while tables.allSatisfy({ $0.dropped == 0 }), (hashes.count + 1) * bs <= min(tokens.count, count) {
+        while publishesBlocks, tables.allSatisfy({ $0.dropped == 0 }), (hashes.count + 1) * bs <= min(tokens.count, count) {
             let i = hashes.count
             let h = KVBlockPool.blockHash(parent: hashes.last ?? 0, tokens: tokens[(i * bs)..<((i + 1) * bs)])
             hashes.append(h)

@@ -53,6 +53,7 @@ public final class Engine: @unchecked Sendable {
             }
             kvPool = try KVBlockPool(layers: llama.cacheLayout.layersPerBlock, rowWidth: llama.kvDim, blockSize: configuration.blockSize,
                                      storage: configuration.kvStorage, bytes: configuration.kvCacheBytes)
+            if let cap = configuration.prefixCacheMaxBytes { kvPool?.maxIdleCachedBlocks = max(0, cap / kvPool!.blockBytes) }
         } else {
             kvPool = nil
         }
@@ -74,7 +75,7 @@ public final class Engine: @unchecked Sendable {
         speculator = speculates ? SpeculativeDecoder(configuration: configuration.speculation, draftModel: draftRunner) : nil
         let pool = kvPool, layout = loaded.llama?.cacheLayout, model = loaded.model, context = configuration.contextLength
         let slack = speculates ? configuration.speculation.maxDraft : 0
-        let evicts = Engine.canEvict(loaded), serverEviction = configuration.eviction
+        let evicts = Engine.canEvict(loaded), serverEviction = configuration.eviction, publishes = configuration.prefixCaching
         let heads = loaded.llama?.config.kvHeadCount ?? 0, headDim = loaded.llama?.config.headDim ?? 0
         scheduler = Scheduler(limits: .init(maxBatchTokens: configuration.maxBatchTokens, maxRunning: configuration.maxRunning,
                                             prefixCaching: configuration.prefixCaching),
@@ -82,6 +83,7 @@ public final class Engine: @unchecked Sendable {
             if let pool {
                 let memory = PagedKVMemory(pool: pool, capacity: context, layout: layout)
                 memory.windowSlack = slack
+                memory.publishesBlocks = publishes
                 if evicts {
                     memory.enableEviction(request.eviction ?? serverEviction, kvHeads: heads, headDim: headDim,
                                           longest: request.promptTokens.count + request.maxTokens)
@@ -193,7 +195,13 @@ public final class Engine: @unchecked Sendable {
         while true {
             lock.lock()
             while inbox.isEmpty && cancelledIDs.isEmpty && !stopping && scheduler.isIdle {
-                lock.wait()
+                // Idle, but free blocks are still resident: wake when the oldest is due to be given back.
+                guard let due = kvReleaseDue() else { lock.wait(); continue }
+                let wait = Double(Int64(due) - Int64(DispatchTime.now().uptimeNanoseconds)) / 1e9
+                if wait > 0 && lock.wait(until: Date().addingTimeInterval(wait)) { continue }
+                lock.unlock()
+                if releaseIdleKVMemory() { publishMetrics() }
+                lock.lock()
             }
             let incoming = inbox
             inbox.removeAll()
@@ -209,15 +217,29 @@ public final class Engine: @unchecked Sendable {
             for id in cancels { if let r = liveRequests[id] { drop(r) } }
             if stop {
                 for r in Array(liveRequests.values) {
-                    r.onEvent(.failed("the server is shutting down"))
+                    r.onEvent(.failed("the server is shutting down", .unavailable))
                     drop(r)
                 }
                 publishMetrics()
                 return
             }
             step()
+            _ = releaseIdleKVMemory()
             publishMetrics()
         }
+    }
+
+    /// When the KV block free longest (and still resident) is due to be given back (monotonic nanoseconds).
+    private func kvReleaseDue() -> UInt64? {
+        guard let delay = configuration.kvReleaseDelay, let pool = kvPool, let since = pool.oldestResidentFreeTime else { return nil }
+        return since + UInt64(max(0, delay) * 1e9)
+    }
+
+    /// Gives back the pages of KV blocks free for longer than the configured delay; true if any were.
+    private func releaseIdleKVMemory() -> Bool {
+        guard let delay = configuration.kvReleaseDelay, let pool = kvPool else { return false }
+        let now = DispatchTime.now().uptimeNanoseconds, d = UInt64(max(0, delay) * 1e9)
+        return now >= d && pool.releaseIdleMemory(freedBefore: now - d) > 0
     }
 
     private func publishMetrics() {
@@ -234,6 +256,7 @@ public final class Engine: @unchecked Sendable {
         }
         if let pool = kvPool {
             local.kvBlocksUsed = pool.usedBlocks
+            local.kvBlocksResident = pool.residentBlocks
             local.prefixCacheQueries = pool.prefixQueries
             local.prefixCacheHits = pool.prefixHits
         }
@@ -262,7 +285,7 @@ public final class Engine: @unchecked Sendable {
         for s in plan.endedForLength { finishSequence(s, reason: .length, now: now) }
         for r in plan.rejected {
             lock.lock(); waitingCount -= 1; lock.unlock()
-            r.onEvent(.failed("the prompt needs more KV cache than the server has (\((kvPool?.blockCount ?? 0) * (kvPool?.blockSize ?? 0)) tokens)"))
+            r.onEvent(.failed("the prompt needs more KV cache than the server has (\((kvPool?.blockCount ?? 0) * (kvPool?.blockSize ?? 0)) tokens)", .unavailable))
             r.done = true
             liveRequests[r.id] = nil
         }
@@ -290,7 +313,7 @@ public final class Engine: @unchecked Sendable {
             logits = try loaded.model.forward(items, workspace: workspace)
         } catch {
             for c in plan.chunks where !c.sequence.request.done {
-                c.sequence.request.onEvent(.failed("forward pass failed: \(error)"))
+                c.sequence.request.onEvent(.failed("forward pass failed: \(error)", .internalError))
                 drop(c.sequence.request)
             }
             scheduler.compact()
@@ -316,6 +339,12 @@ public final class Engine: @unchecked Sendable {
             }
             row += rows.count
             guard c.sample, !s.finished else { continue }
+            // Corrupt weights or an overflow upstream: sampling NaN would emit arbitrary tokens as if all were well.
+            if let bad = firstNonFinite(logits + (row - rows.count) * vocab, count: rows.count * vocab) {
+                s.request.onEvent(.failed("the model produced a non-finite logit (\(bad)) at position \(c.start + c.count - 1)", .internalError))
+                drop(s.request)
+                continue
+            }
             if !c.draft.isEmpty {
                 verify(s, chunk: c, rows: logits + (row - rows.count) * vocab, vocab: vocab, now: now)
                 continue
@@ -423,6 +452,17 @@ public final class Engine: @unchecked Sendable {
     }
 
     // MARK: sampling
+
+    /// The first NaN or infinity among `count` floats, if any.
+    private func firstNonFinite(_ p: UnsafePointer<Float>, count: Int) -> Float? {
+        // The largest exponent field in one integer pass (vectorizes); all ones means NaN or infinity.
+        var top: UInt32 = 0
+        p.withMemoryRebound(to: UInt32.self, capacity: count) { bits in
+            for i in 0..<count { top = max(top, bits[i] & 0x7f80_0000) }
+        }
+        guard top == 0x7f80_0000 else { return nil }
+        return (0..<count).lazy.map { p[$0] }.first { !$0.isFinite }
+    }
 
     /// Draws the next token of `s` from its logits row and emits it (or ends the sequence); returns the token.
     @discardableResult

@@ -17,6 +17,11 @@ public struct EngineConfiguration: Sendable {
     /// Requests waiting to start at most; beyond, submit fails with `.queueFull`.
     public var maxQueue: Int = 256
     public var prefixCaching: Bool = true
+    /// Bytes idle cached prefix blocks may keep resident at most (nil: all the KV store's unused blocks).
+    public var prefixCacheMaxBytes: Int?
+    /// Seconds a KV block stays free before its pages go back to the kernel, so resident memory follows use
+    /// after a burst (0: as soon as the engine looks; nil: never).
+    public var kvReleaseDelay: Double? = 10
     /// RelayAttention for decoding sequences that share prefix blocks.
     public var relay: Bool = true
     /// Speculative decoding (transformers only; Mamba's recurrent state cannot roll back rejected tokens).
@@ -105,7 +110,15 @@ public enum EngineEvent: Sendable {
     case finished(choice: Int, reason: FinishReason, text: String)
     /// Every choice has finished.
     case completed(EngineUsage)
-    case failed(String)
+    /// The request ended without an answer; the server goes on.
+    case failed(String, EngineFailure)
+}
+
+/// Why the engine gave up on a request: it cannot take it now (shutting down, larger than the KV store), or
+/// computing it went wrong (the forward pass threw, the model produced non-finite logits).
+public enum EngineFailure: Sendable, Equatable {
+    case unavailable
+    case internalError
 }
 
 public enum EngineSubmitError: Error, CustomStringConvertible, Sendable {
@@ -134,6 +147,8 @@ public struct EngineMetrics: Sendable {
     public var generatedTokens = 0
     public var kvBlocksUsed = 0
     public var kvBlocksTotal = 0
+    /// Blocks whose pages may be resident (in use, idle cached, or free and not yet given back).
+    public var kvBlocksResident = 0
     public var prefixCacheQueries = 0
     public var prefixCacheHits = 0
     public var preemptions = 0

@@ -119,7 +119,7 @@ public final class TextGenerator {
                     drafted = usage.draftedTokens
                     accepted = usage.acceptedDraftTokens
                     break loop
-                case .failed(let message):
+                case .failed(let message, _):
                     throw GenerationError.failed(message)
                 }
             }

@@ -127,8 +127,8 @@ final class CompletionResponder: @unchecked Sendable {
             usage[p] = u
             completed += 1
             if completed == job.requests.count { finish() }
-        case .failed(let message):
-            fail(APIError(503, message, type: "server_error"))
+        case .failed(let message, let why):
+            fail(APIError(why == .unavailable ? 503 : 500, message, type: "server_error"))
         }
     }
 

@@ -31,6 +31,7 @@ enum PrometheusExporter {
         metric("tern_generation_tokens_total", "counter", "Generated tokens.", Double(m.generatedTokens))
         metric("tern_kv_cache_blocks_used", "gauge", "KV cache blocks in use.", Double(m.kvBlocksUsed))
         metric("tern_kv_cache_blocks_total", "gauge", "KV cache blocks in the pool.", Double(m.kvBlocksTotal))
+        metric("tern_kv_cache_blocks_resident", "gauge", "KV cache blocks whose memory may be resident: in use, idle in the prefix cache, or freed and not yet given back to the kernel.", Double(m.kvBlocksResident))
         metric("tern_kv_cache_usage_ratio", "gauge", "Share of KV cache blocks in use.", m.kvBlocksTotal > 0 ? Double(m.kvBlocksUsed) / Double(m.kvBlocksTotal) : 0)
         metric("tern_prefix_cache_queries_total", "counter", "Prompt blocks looked up in the prefix cache.", Double(m.prefixCacheQueries))
         metric("tern_prefix_cache_hits_total", "counter", "Prompt blocks found in the prefix cache.", Double(m.prefixCacheHits))
