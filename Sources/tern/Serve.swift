@@ -22,6 +22,7 @@ struct ServeCommand: ParsableCommand, EnvironmentReadable {
         .value("kv-type"), .value("max-batch-tokens"), .value("max-running"), .value("cors-origin"),
         .value("served-model-name"), .value("max-body-mib"), .value("drain-timeout"), .flag("no-prefix-caching"), .flag("no-mmap"),
         .value("relay"), .value("chat-template"), .value("prefix-cache-mib"), .value("kv-release-after"),
+        .value("decode-step-ms"),
     ] + SpeculationOptions.environmentOptions + EvictionOptions.environmentOptions
 
     @Option(parsing: .unconditional, help: .tern("GGUF file or Hugging Face directory.", env: "model", valueName: "path"))
@@ -76,6 +77,10 @@ struct ServeCommand: ParsableCommand, EnvironmentReadable {
         "Seconds a free KV block keeps its memory before it is given back to the kernel, so resident memory follows use after a burst.",
         env: "kv-release-after", valueName: "s"))
     var kvReleaseAfter: Double = 10
+    @Option(parsing: .unconditional, help: .tern(
+        "While requests are generating, prefill chunks of long prompts are sized so that an engine step takes about this many milliseconds (the streams' inter-token latency); 0 sizes steps by tokens only.",
+        env: "decode-step-ms", valueName: "ms"))
+    var decodeStepMs = 200
     @Flag(help: .tern(
         "Read the weights into memory of the server's own instead of mapping the file, so the file may be truncated or rewritten in place while serving.",
         env: "no-mmap", default: "mapped zero-copy"))
@@ -182,6 +187,8 @@ func serve(_ o: ServeCommand) throws {
     config.prefixCaching = prefixCaching
     config.prefixCacheMaxBytes = prefixCacheMiB << 20
     config.kvReleaseDelay = o.kvReleaseAfter
+    let stepMs = try atLeast(o.decodeStepMs, 0, "decode-step-ms")
+    config.decodingStepTarget = stepMs > 0 ? Double(stepMs) / 1000 : nil
     config.relay = o.relay == "on"
     config.speculation = speculation
     config.eviction = eviction

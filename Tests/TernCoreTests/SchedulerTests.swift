@@ -98,6 +98,33 @@ final class SchedulerTests: XCTestCase {
         XCTAssertLessThanOrEqual(out.cost, 512 + Double(Scheduler.minimumChunk))
     }
 
+    /// With a decoding cost limit (the engine's step-time target), a long prompt computes in small chunks while a
+    /// stream is generating, and in full-budget chunks once it computes alone.
+    func testDecodingCostLimitShrinksPrefillOnlyWhileStreamsGenerate() throws {
+        let (s, _) = try makeScheduler(blocks: 2000, budget: 512)
+        s.decodingCostLimit = 60
+        s.enqueue(request(1, prompt: 3000))
+        var out = s.schedule()
+        XCTAssertEqual(out.chunks.first?.count, 512, "alone, a prompt takes the whole token budget")
+        complete(s, out)
+        s.enqueue(request(2, prompt: 10))
+        out = s.schedule()
+        complete(s, out)
+        // Request 2 now decodes: every step stays near the limit, and request 1 still moves forward.
+        var computed = s.running.first { $0.request.id == 1 }!.computed
+        for _ in 0..<20 {
+            out = s.schedule()
+            XCTAssertTrue(out.chunks.contains { $0.sequence.request.id == 2 })
+            let c = try XCTUnwrap(out.chunks.first { $0.sequence.request.id == 1 })
+            XCTAssertGreaterThanOrEqual(c.count, Scheduler.minimumChunk)
+            XCTAssertLessThanOrEqual(out.cost, 60 + Scheduler.cost(start: c.start, count: Scheduler.minimumChunk))
+            complete(s, out)
+            let now = s.running.first { $0.request.id == 1 }!.computed
+            XCTAssertGreaterThan(now, computed)
+            computed = now
+        }
+    }
+
     func testYoungestIsPreemptedWhenBlocksRunOut() throws {
         // 6 blocks of 16: prompts of 48 and 40 tokens take 3 blocks each; the older one's first decode needs a 4th.
         let (s, pool) = try makeScheduler(blocks: 6, budget: 512)

@@ -35,6 +35,8 @@ public final class Engine: @unchecked Sendable {
     private let scheduler: Scheduler
     private var liveRequests: [Int: RequestState] = [:]
     private var local = EngineMetrics()
+    /// Seconds per step as measured, for sizing prefill chunks under the decoding step target.
+    private var stepTime = StepTimeEstimate()
     /// Drafting policy and statistics; nil when speculation is off or the model cannot roll back (Mamba).
     private let speculator: SpeculativeDecoder?
     /// Signalled when the loop has returned (stop joins on it).
@@ -268,6 +270,9 @@ public final class Engine: @unchecked Sendable {
 
     private func step() {
         if let spec = speculator { prepareDrafts(spec) }
+        if let target = configuration.decodingStepTarget {
+            scheduler.decodingCostLimit = stepTime.costUnits(within: target)
+        }
         let plan = scheduler.schedule()
         local.preemptions += plan.preemptions
         let now = Date()
@@ -321,7 +326,9 @@ public final class Engine: @unchecked Sendable {
         }
         scheduler.didCompute(plan)
         let attention = workspace.attentionStats
-        if let spec = speculator { spec.observeStep(tokens: plan.tokenCount, seconds: Double(DispatchTime.now().uptimeNanoseconds - forwardStart) / 1e9) }
+        let forwardSeconds = Double(DispatchTime.now().uptimeNanoseconds - forwardStart) / 1e9
+        if let spec = speculator { spec.observeStep(tokens: plan.tokenCount, seconds: forwardSeconds) }
+        stepTime.observe(cost: plan.cost, seconds: forwardSeconds)
         local.relayGroups = attention.relayGroups
         local.relayPrefixTokensRead += attention.relayPrefixTokensRead
         local.relayPrefixTokensPerSequence += attention.relayPrefixTokensPerSequence

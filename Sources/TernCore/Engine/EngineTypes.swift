@@ -19,6 +19,9 @@ public struct EngineConfiguration: Sendable {
     public var prefixCaching: Bool = true
     /// Bytes idle cached prefix blocks may keep resident at most (nil: all the KV store's unused blocks).
     public var prefixCacheMaxBytes: Int?
+    /// While sequences are generating, prefill chunks are sized so that a step takes about this long (their
+    /// inter-token latency while long prompts are computed); nil: steps are sized by tokens and cost only.
+    public var decodingStepTarget: Double? = 0.2
     /// Seconds a KV block stays free before its pages go back to the kernel, so resident memory follows use
     /// after a burst (0: as soon as the engine looks; nil: never).
     public var kvReleaseDelay: Double? = 10

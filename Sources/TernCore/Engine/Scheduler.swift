@@ -9,7 +9,9 @@
 // 1 + position / attentionEquivalentPosition, as many units as the step has tokens — so one long uncached prompt
 // goes in chunks that take about as long as a step near the start, instead of ever longer steps that stall the
 // running streams; and while requests wait, one prefill takes at most half of what is left, so short new
-// requests start in the same step.
+// requests start in the same step. While sequences are generating, the engine may lower the step's cost budget
+// further (`decodingCostLimit`, from a target step time and the measured seconds per cost unit), so a long prompt
+// computes in steps short enough for the streams' inter-token latency.
 //
 // Engine-thread only. Every pass over the running set is linear: the running set is kept in admission order, so
 // the youngest is at its end, and finished sequences are compacted out once per step.
@@ -94,6 +96,10 @@ final class Scheduler {
 
     var isIdle: Bool { waiting.isEmpty && running.isEmpty && preempted.isEmpty }
 
+    /// The cost budget of a step that carries decoding sequences (nil: the token budget's); set by the engine
+    /// before each step from its latency target.
+    var decodingCostLimit: Double?
+
     func enqueue(_ r: RequestState) { waiting.append(r) }
 
     /// Adds a sequence created outside scheduling (a forked choice) as the youngest.
@@ -124,8 +130,9 @@ final class Scheduler {
             budget -= n + draft.count
         }
         // The cost budget: as many cost units as the step has tokens, so a step deep in a long prompt computes
-        // fewer tokens and takes about as long as one near the start.
-        let costBudget = Double(limits.maxBatchTokens)
+        // fewer tokens and takes about as long as one near the start; lower while streams wait on this step.
+        var costBudget = Double(limits.maxBatchTokens)
+        if !out.chunks.isEmpty, let limit = decodingCostLimit { costBudget = min(costBudget, max(limit, out.cost + 1)) }
         // 2. Chunks of prefills under way; while requests wait, one prefill takes at most half of what is left.
         for s in running where !s.finished && !s.promptDone && budget > 0 {
             var room = costBudget - out.cost
