@@ -116,13 +116,31 @@ final class SchedulerTests: XCTestCase {
             out = s.schedule()
             XCTAssertTrue(out.chunks.contains { $0.sequence.request.id == 2 })
             let c = try XCTUnwrap(out.chunks.first { $0.sequence.request.id == 1 })
-            XCTAssertGreaterThanOrEqual(c.count, Scheduler.minimumChunk)
-            XCTAssertLessThanOrEqual(out.cost, 60 + Scheduler.cost(start: c.start, count: Scheduler.minimumChunk))
+            XCTAssertGreaterThanOrEqual(c.count, Scheduler.minimumChunkWhileDecoding)
+            XCTAssertLessThanOrEqual(out.cost, 60 + Scheduler.cost(start: c.start, count: Scheduler.minimumChunkWhileDecoding))
             complete(s, out)
             let now = s.running.first { $0.request.id == 1 }!.computed
             XCTAssertGreaterThan(now, computed)
             computed = now
         }
+    }
+
+    /// The engine's step-time model: from steps that take 10 ms plus 4 ms per cost unit it recovers both parts,
+    /// and before any large step it errs on the side of small steps.
+    func testStepTimeEstimateRecoversFixedAndPerUnitParts() {
+        var e = StepTimeEstimate()
+        XCTAssertNil(e.costUnits(within: 0.2))
+        e.observe(cost: 4, seconds: 0.010 + 0.004 * 4)
+        // Only small steps so far: 26 ms for 4 units reads as 6.5 ms a unit (fewer units than the truth's 47.5).
+        XCTAssertEqual(e.costUnits(within: 0.2)!, 0.2 / 0.0065, accuracy: 0.01)
+        for _ in 0..<40 {
+            e.observe(cost: 2, seconds: 0.010 + 0.004 * 2)
+            e.observe(cost: 100, seconds: 0.010 + 0.004 * 100)
+        }
+        // The fixed part is read from 2-unit steps (18 ms), so per unit (410 - 18) / 100 ms: 46.4 units against
+        // the truth's 47.5, erring low.
+        XCTAssertEqual(e.costUnits(within: 0.2)!, (0.2 - 0.018) / 0.00392, accuracy: 0.1)
+        XCTAssertLessThanOrEqual(e.costUnits(within: 0.2)!, 47.5)
     }
 
     func testYoungestIsPreemptedWhenBlocksRunOut() throws {

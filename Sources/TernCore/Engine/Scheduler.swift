@@ -62,8 +62,10 @@ final class Scheduler {
     /// The position at which a token's attention costs about as much as the rest of its forward pass (measured
     /// roughly on SmolLM2-sized models; only the shape of the estimate matters).
     static let attentionEquivalentPosition = 2048.0
-    /// Smallest prefill chunk a cost budget cuts a prompt into.
+    /// Smallest prefill chunk a cost budget cuts a prompt into…
     static let minimumChunk = 16
+    /// …and under the decoding step target, where deep in a long prompt even 16 tokens can take longer than it.
+    static let minimumChunkWhileDecoding = 8
 
     /// Estimated cost of computing positions [start, start + n) in units of one position-0 token.
     static func cost(start: Int, count n: Int) -> Double {
@@ -132,12 +134,14 @@ final class Scheduler {
         // The cost budget: as many cost units as the step has tokens, so a step deep in a long prompt computes
         // fewer tokens and takes about as long as one near the start; lower while streams wait on this step.
         var costBudget = Double(limits.maxBatchTokens)
-        if !out.chunks.isEmpty, let limit = decodingCostLimit { costBudget = min(costBudget, max(limit, out.cost + 1)) }
+        let decoding = !out.chunks.isEmpty
+        if decoding, let limit = decodingCostLimit { costBudget = min(costBudget, max(limit, out.cost + 1)) }
         // 2. Chunks of prefills under way; while requests wait, one prefill takes at most half of what is left.
         for s in running where !s.finished && !s.promptDone && budget > 0 {
             var room = costBudget - out.cost
             if !waiting.isEmpty { room /= 2 }
-            let fit = max(Self.minimumChunk, Self.tokens(from: s.computed, within: room))
+            let fit = max(decoding && decodingCostLimit != nil ? Self.minimumChunkWhileDecoding : Self.minimumChunk,
+                          Self.tokens(from: s.computed, within: room))
             let n = min(budget, s.pending, fit)
             guard n > 0, out.cost < costBudget, s.reserve(n) else { continue }
             out.add(s, count: n, sample: n == s.pending)

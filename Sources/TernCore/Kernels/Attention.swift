@@ -77,6 +77,8 @@ struct AttentionPlan {
     static let relayMinimumPrefix = 32
     /// The kernel's key tile: a relay prefix ends on a multiple of it.
     static let keyTile = 16
+    /// Split a task's keys only from this context length, and into parts of at least this many keys.
+    static let minimumSplitKeys = 512, minimumPartKeys = 128
 
     /// Plans the tasks of a batch whose items' rows are contiguous (`lastRowOfItem` ascending).
     mutating func plan(items: Int, lastRowOfItem: [Int], rowPosition: [Int], kvHeads: Int, threads: Int, maxParts: Int,
@@ -127,21 +129,27 @@ struct AttentionPlan {
             }
             row0 = end
         }
-        // Flash-decoding: few tasks over a long context leave threads idle; split each task's keys. (Items with a
-        // score sink run whole: their kernel adds each position's final weight.)
-        let longest = tasks.reduce(0) { max($0, $1.keyHigh) }
-        guard relayGroups.isEmpty, !sinks.contains(where: { $0 != nil }), threads > 1, tasks.count < 2 * threads, longest >= 512 else { return }
-        let parts = threads * ((2 + tasks.count - 1) / tasks.count)
-        guard tasks.count * parts <= maxParts else { return }
+        // Flash-decoding: tasks much larger than the rest (one stream decoding at depth, or a prefill chunk deep in
+        // a long prompt beside short decodes) would leave threads idle; split their keys into parts of about half a
+        // thread's share of the work. (Items with a score sink run whole: their kernel adds each position's final
+        // weight; relay passes have their own split.)
+        guard relayGroups.isEmpty, !sinks.contains(where: { $0 != nil }), threads > 1 else { return }
+        let work = tasks.map { $0.rows * ($0.keyHigh - $0.keyLow) }
+        let target = max(1, work.reduce(0, +) / (2 * threads))
+        let parts = zip(tasks, work).map { t, w in
+            w <= target || t.keyHigh < Self.minimumSplitKeys ? 1 : min((w + target - 1) / target, t.keyHigh / Self.minimumPartKeys)
+        }
+        guard parts.contains(where: { $0 > 1 }), parts.filter({ $0 > 1 }).reduce(0, +) <= maxParts else { return }
         let whole = tasks
         tasks.removeAll(keepingCapacity: true)
         var slot = 0
-        for t in whole {
-            families.append((tasks.count, parts))
-            for k in 0..<parts {
+        for (t, n) in zip(whole, parts) {
+            guard n > 1 else { tasks.append(t); continue }
+            families.append((tasks.count, n))
+            for k in 0..<n {
                 var p = t
-                p.keyLow = t.keyHigh * k / parts
-                p.keyHigh = t.keyHigh * (k + 1) / parts
+                p.keyLow = t.keyHigh * k / n
+                p.keyHigh = t.keyHigh * (k + 1) / n
                 p.part = slot
                 slot += 1
                 tasks.append(p)
