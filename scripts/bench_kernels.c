@@ -138,7 +138,7 @@ static void check_extreme(const ty *t, int64_t n) {
     for (int64_t r = 0; r < rows; r++)
         for (size_t b = 0; b < rb / bb; b++) {
             uint8_t *blk = w + r * rb + b * bb;
-            memset(blk + q0, type == TERN_Q8_0 ? (r % 2 ? 0x80 : 0x7f) : 0xff, q1 - q0);
+            memset(blk + q0, type == TERN_Q8_0 ? (r % 2 ? 0x80 : 0x7f) : r % 4 == 3 ? 0x00 : 0xff, q1 - q0);
             if (type == TERN_Q4_K || type == TERN_Q5_K) memset(blk + 4, 0xff, 12); /* scale / min 63 */
             if (type == TERN_Q6_K) memset(blk + 192, r % 3 ? 0x7f : 0x80, 16);
         }
@@ -215,6 +215,8 @@ int main(int argc, char **argv) {
             check_extreme(&TYPES[ti], 512);
             for (int in = 0; in < 3; in++) {
                 check(&TYPES[ti], 16, ns[in], msmall, 10);
+                check(&TYPES[ti], 13, ns[in], msmall, 10);
+                check(&TYPES[ti], 45, ns[in], msmall, 10);
                 check(&TYPES[ti], 1000, ns[in], mbig, 6);
                 if (ti == 0) {
                     check(&TYPES[ti], 576, ns[in], msmall, 10);

@@ -24,7 +24,9 @@
 #define PFD 8192 /* bytes ahead in the packed stream; a matrix larger than L2 is otherwise latency-bound */
 #endif
 /* KCP: 32-value blocks per pass when several activation tiles share a panel (KCP x 256..512 B stays in L1) */
-enum { PR = TERN_PACK_ROWS, KCP = 32 };
+/* MTM: activation rows per tile when m > 2 (5 x (accumulator + int16 sum) + weights fit the 16 ymm registers
+   best: measured against 4 and 6) */
+enum { PR = TERN_PACK_ROWS, KCP = 32, MTM = 5 };
 
 INL __m256i bcast(const tern_q8_block *ab, int k) {
     return _mm256_set1_epi32((int)tern_rd32((const uint8_t *)ab->q + 4 * k));
@@ -64,7 +66,7 @@ INL void tile32(const int type, const int MT, const int NH, const uint8_t *pw, c
     const int hasm = type == TERN_Q4_1 || type == TERN_Q5_1;
     const size_t wb = q8 ? 512 : q5 ? 320 : 256, sb = hasm ? 64 : 32;
     const __m256i lo4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi16(1), sixteen = _mm256_set1_epi16(16);
-    __m256 acc[2][4];
+    __m256 acc[2][MTM];
     UNROLL for (int h = 0; h < NH; h++) UNROLL for (int t = 0; t < MT; t++)
         acc[h][t] = first ? _mm256_setzero_ps() : acc_load(out + t * ldo + 8 * (h0 + h), nv[h]);
     for (int b = 0; b < nbk; b++) {
@@ -72,10 +74,10 @@ INL void tile32(const int type, const int MT, const int NH, const uint8_t *pw, c
         /* panels are consecutive, so one linear look-ahead covers scales and the next panels too; the second
            half's pass finds the lines already there */
         if (pf) for (int k = 0; k < (int)(wb / 64); k++) _mm_prefetch((const char *)(bw + PFD + 64 * k), _MM_HINT_T0);
-        __m256i s[2][4];
+        __m256i s[2][MTM];
         if (q8) {
             /* u = 16 * hi + lo with nibbles, so neither int16 sum can saturate (8 x 2 x 15 x 127 < 32767) */
-            __m256i sh[2][4];
+            __m256i sh[2][MTM];
             UNROLL for (int h = 0; h < NH; h++) UNROLL for (int t = 0; t < MT; t++)
                 s[h][t] = sh[h][t] = _mm256_setzero_si256();
             UNROLL for (int k = 0; k < 8; k++) UNROLL for (int h = 0; h < NH; h++) {
@@ -91,7 +93,7 @@ INL void tile32(const int type, const int MT, const int NH, const uint8_t *pw, c
                 s[h][t] = _mm256_add_epi32(_mm256_madd_epi16(s[h][t], one), _mm256_madd_epi16(sh[h][t], sixteen));
         } else {
             /* 4-bit: 8 products per int16 sum; 5-bit (pairs up to 7874): 4, so widen after every second k */
-            __m256i s16[2][4];
+            __m256i s16[2][MTM];
             UNROLL for (int k = 0; k < 4; k++) UNROLL for (int h = 0; h < NH; h++) {
                 __m256i v = _mm256_load_si256((const __m256i *)(bw + 64 * k + 32 * (h0 + h)));
                 __m256i l = _mm256_and_si256(v, lo4), u = _mm256_and_si256(_mm256_srli_epi16(v, 4), lo4);
@@ -128,7 +130,7 @@ INL void tile32(const int type, const int MT, const int NH, const uint8_t *pw, c
 INL void tilek(const int type, const int MT, const int NH, const uint8_t *pw, const uint8_t *ps, int h0, int nbk,
                const tern_q8_block *a, int64_t astride, float *out, int64_t ldo, const int *nv, int first, int pf) {
     const __m256i lo4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi16(1);
-    __m256 acc[2][4];
+    __m256 acc[2][MTM];
     UNROLL for (int h = 0; h < NH; h++) UNROLL for (int t = 0; t < MT; t++)
         acc[h][t] = first ? _mm256_setzero_ps() : acc_load(out + t * ldo + 8 * (h0 + h), nv[h]);
     const int q5 = type == TERN_Q5_K;
@@ -148,7 +150,7 @@ INL void tilek(const int type, const int MT, const int NH, const uint8_t *pw, co
             const int j = 2 * p + e;
             const tern_q8_block *a0 = a + 8 * sbi + j;
             /* int16 sums of 8 products (4-bit) or 4 (5-bit: pairs up to 7874), widened to s */
-            __m256i s[2][4], s16[2][4];
+            __m256i s[2][MTM], s16[2][MTM];
             UNROLL for (int k = 0; k < 8; k++) UNROLL for (int h = 0; h < NH; h++) {
                 __m256i v = _mm256_load_si256((const __m256i *)(bw + 64 * k + 32 * (h0 + h)));
                 if (e) v = _mm256_srli_epi16(v, 4);
@@ -179,14 +181,14 @@ INL void tilek(const int type, const int MT, const int NH, const uint8_t *pw, co
         acc_store(out + t * ldo + 8 * (h0 + h), nv[h], acc[h][t]);
 }
 
-/* Q6_K: 6-bit u from a nibble vector and a high-pair vector. Products of u <= 63 reach 16002 per int16 pair,
-   so only two groups share an int16 sum; the -32 offset leaves as 32 x each activation half-block's sum. */
+/* Q6_K: 6-bit u from a nibble vector and a high-pair vector, made signed (u - 32) so the offset needs no
+   activation sums: |u - 32| x (a signed like u - 32) keeps a pair within 2 x 32 x 127, so the 4 groups of a
+   16-value half (one Q6_K scale each) share one int16 sum. */
 INL void tile6(const int MT, const int NH, const uint8_t *pw, const uint8_t *ps, int h0, int nbk,
                const tern_q8_block *a, int64_t astride, float *out, int64_t ldo, const int *nv, int first, int pf) {
     const __m256i lo4 = _mm256_set1_epi8(0x0f), m3 = _mm256_set1_epi8(3), mc = _mm256_set1_epi8(0x0c);
-    const __m256i one = _mm256_set1_epi16(1);
-    const __m128i x80 = _mm_set1_epi8((char)0x80), z = _mm_setzero_si128();
-    __m256 acc[2][4];
+    const __m256i one = _mm256_set1_epi16(1), b32 = _mm256_set1_epi8(32);
+    __m256 acc[2][MTM];
     UNROLL for (int h = 0; h < NH; h++) UNROLL for (int t = 0; t < MT; t++)
         acc[h][t] = first ? _mm256_setzero_ps() : acc_load(out + t * ldo + 8 * (h0 + h), nv[h]);
     for (int b = 0; b < nbk; b++) {
@@ -195,39 +197,29 @@ INL void tile6(const int MT, const int NH, const uint8_t *pw, const uint8_t *ps,
         if (pf) for (int k = 0; k < 6; k++) _mm_prefetch((const char *)(bw + PFD + 64 * k), _MM_HINT_T0);
         UNROLL for (int h = 0; h < NH; h++) {
             const int hh = h0 + h;
-            __m256i i0[4], i1[4];
-            UNROLL for (int kp = 0; kp < 2; kp++) {
-                const __m256i H = _mm256_load_si256((const __m256i *)(bw + 256 + 64 * kp + 32 * hh));
-                const __m256i Hs = _mm256_srli_epi16(H, 4);
-                const __m256i v0 = _mm256_load_si256((const __m256i *)(bw + 128 * kp + 32 * hh));
-                const __m256i v1 = _mm256_load_si256((const __m256i *)(bw + 128 * kp + 64 + 32 * hh));
-                const __m256i l0 = _mm256_or_si256(_mm256_and_si256(v0, lo4), _mm256_slli_epi16(_mm256_and_si256(H, m3), 4));
-                const __m256i u0 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v0, 4), lo4),
-                                                   _mm256_slli_epi16(_mm256_and_si256(H, mc), 2));
-                const __m256i l1 = _mm256_or_si256(_mm256_and_si256(v1, lo4), _mm256_slli_epi16(_mm256_and_si256(Hs, m3), 4));
-                const __m256i u1 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v1, 4), lo4),
-                                                   _mm256_slli_epi16(_mm256_and_si256(Hs, mc), 2));
+            __m256i i0[MTM], i1[MTM];
+            UNROLL for (int k = 0; k < 4; k++) {
+                __m256i H = _mm256_load_si256((const __m256i *)(bw + 256 + 64 * (k / 2) + 32 * hh));
+                if (k & 1) H = _mm256_srli_epi16(H, 4);
+                const __m256i v = _mm256_load_si256((const __m256i *)(bw + 64 * k + 32 * hh));
+                const __m256i l = _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(v, lo4),
+                                                                  _mm256_slli_epi16(_mm256_and_si256(H, m3), 4)), b32);
+                const __m256i u = _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), lo4),
+                                                                  _mm256_slli_epi16(_mm256_and_si256(H, mc), 2)), b32);
+                const __m256i al = _mm256_sign_epi8(l, l), au = _mm256_sign_epi8(u, u);
                 UNROLL for (int t = 0; t < MT; t++) {
                     const tern_q8_block *ab = a + t * astride + b;
-                    __m256i x0 = _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(l0, bcast(ab, 2 * kp)),
-                                                                    _mm256_maddubs_epi16(l1, bcast(ab, 2 * kp + 1))), one);
-                    __m256i x1 = _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(u0, bcast(ab, 2 * kp + 4)),
-                                                                    _mm256_maddubs_epi16(u1, bcast(ab, 2 * kp + 5))), one);
-                    i0[t] = kp ? _mm256_add_epi32(i0[t], x0) : x0;
-                    i1[t] = kp ? _mm256_add_epi32(i1[t], x1) : x1;
+                    __m256i x0 = _mm256_maddubs_epi16(al, _mm256_sign_epi8(bcast(ab, k), l));
+                    __m256i x1 = _mm256_maddubs_epi16(au, _mm256_sign_epi8(bcast(ab, k + 4), u));
+                    i0[t] = k ? _mm256_add_epi16(i0[t], x0) : x0;
+                    i1[t] = k ? _mm256_add_epi16(i1[t], x1) : x1;
                 }
             }
             __m256 d = halves8(bs, hh);
             __m256 d0 = _mm256_mul_ps(d, s8x8(bs + 32 + 32 * jb + 8 * hh)), d1 = _mm256_mul_ps(d, s8x8(bs + 48 + 32 * jb + 8 * hh));
             UNROLL for (int t = 0; t < MT; t++) {
-                /* 32 * (sum of q over values 0..15, 16..31), from sums of q + 128 over 8 bytes */
-                const int8_t *q = (a + t * astride + b)->q;
-                __m128i s0 = _mm_sad_epu8(_mm_xor_si128(_mm_loadu_si128((const __m128i *)q), x80), z);
-                __m128i s1 = _mm_sad_epu8(_mm_xor_si128(_mm_loadu_si128((const __m128i *)(q + 16)), x80), z);
-                s0 = _mm_add_epi64(s0, _mm_unpackhi_epi64(s0, s0));
-                s1 = _mm_add_epi64(s1, _mm_unpackhi_epi64(s1, s1));
-                __m256 f0 = _mm256_cvtepi32_ps(_mm256_sub_epi32(i0[t], _mm256_set1_epi32(32 * (_mm_cvtsi128_si32(s0) - 2048))));
-                __m256 f1 = _mm256_cvtepi32_ps(_mm256_sub_epi32(i1[t], _mm256_set1_epi32(32 * (_mm_cvtsi128_si32(s1) - 2048))));
+                __m256 f0 = _mm256_cvtepi32_ps(_mm256_madd_epi16(i0[t], one));
+                __m256 f1 = _mm256_cvtepi32_ps(_mm256_madd_epi16(i1[t], one));
                 __m256 f = _mm256_fmadd_ps(f0, d0, _mm256_mul_ps(f1, d1));
                 acc[h][t] = _mm256_fmadd_ps(f, _mm256_set1_ps((a + t * astride + b)->d), acc[h][t]);
             }
@@ -249,8 +241,9 @@ typedef void (*tilefn)(const uint8_t *, const uint8_t *, int, int, const tern_q8
         int nbk, const tern_q8_block *a, int64_t as, float *out, int64_t ldo, const int *nv, int first, int pf) { \
         tile6(MT, NH, pw, ps, h0, nbk, a, as, out, ldo, nv, first, pf); }
 #define SET(NAME, GEN, ARG) GEN(NAME, ARG, 1, 1) GEN(NAME, ARG, 1, 2) GEN(NAME, ARG, 1, 3) GEN(NAME, ARG, 1, 4) \
-        GEN(NAME, ARG, 2, 1) GEN(NAME, ARG, 2, 2) \
-        static const tilefn NAME[2][4] = {{NAME##_1_1, NAME##_1_2, NAME##_1_3, NAME##_1_4}, {NAME##_2_1, NAME##_2_2, NULL, NULL}};
+        GEN(NAME, ARG, 1, 5) GEN(NAME, ARG, 2, 1) GEN(NAME, ARG, 2, 2) \
+        static const tilefn NAME[2][MTM] = {{NAME##_1_1, NAME##_1_2, NAME##_1_3, NAME##_1_4, NAME##_1_5}, \
+                                            {NAME##_2_1, NAME##_2_2, NULL, NULL, NULL}};
 SET(t_q4_0, T32, TERN_Q4_0)
 SET(t_q4_1, T32, TERN_Q4_1)
 SET(t_q8_0, T32, TERN_Q8_0)
@@ -262,7 +255,7 @@ SET(t_q6_k, T6, 0)
 
 TGT int tern_avx2_matmul_packed(int type, const void *packed, int64_t rows, int64_t n, const tern_q8_block *a,
                                 int64_t m, float *out, int64_t ldo, int64_t r0, int64_t r1) {
-    const tilefn (*fns)[4];
+    const tilefn (*fns)[MTM];
     switch (type) {
     case TERN_Q4_0: fns = t_q4_0; break;
     case TERN_Q4_1: fns = t_q4_1; break;
@@ -290,16 +283,19 @@ TGT int tern_avx2_matmul_packed(int type, const void *packed, int64_t rows, int6
             else fns[0][m - 1](pw, ps, 0, (int)nab, a, nab, o, ldo, nv, 1, 1);
             continue;
         }
-        /* a chunk of the panel meets every tile of 4 activation rows while it sits in L1; each tile's activation
+        /* a chunk of the panel meets every tile of activation rows while it sits in L1; each tile's activation
            blocks stay in L1 for the second half */
         for (int64_t kb = 0; kb < nab; kb += KCP) { /* KCP is a multiple of 8: K-quant chunks are whole super-blocks */
             const int nbk = nab - kb < KCP ? (int)(nab - kb) : KCP;
             const uint8_t *cw = pw + (size_t)kb * wb;
             const uint8_t *cs = ps + (size_t)kb * sb; /* a K-quant super-block's scales are 8 x sb */
-            for (int64_t i = 0; i < m; i += 4) {
-                const int mt = m - i < 4 ? (int)(m - i) : 4;
+            /* tiles of at most MTM rows, as even as possible: a lone leftover row would run at a third the speed */
+            const int64_t nt = (m + MTM - 1) / MTM;
+            for (int64_t ti = 0, i = 0; ti < nt; ti++) {
+                const int mt = (int)((m - i) / (nt - ti));
                 for (int h = 0; h < (nr > 8 ? 2 : 1); h++)
                     fns[0][mt - 1](cw, cs, h, nbk, a + i * nab + kb, nab, o + i * ldo, ldo, nv + h, kb == 0, i == 0 && h == 0);
+                i += mt;
             }
         }
     }
