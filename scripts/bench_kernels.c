@@ -1,4 +1,4 @@
-// Usage: cc -O2 -I Sources/CKernels/include scripts/bench_kernels.c Sources/CKernels/*.c -lm -o /tmp/bk && taskset -c 1 /tmp/bk [check|time [type]]
+// Usage: cc -O2 -I Sources/CKernels/include scripts/bench_kernels.c Sources/CKernels/*.c -lm -o /tmp/bk && taskset -c 1 /tmp/bk [check|time [type]|decode]
 /* Standalone check and timing of the packed products on the active path against tern_matmul_q, the portable
    packed reader (bit for bit), and a dense double product of the dequantized operands; then single-thread
    GFLOP/s of packed vs unpacked for SmolLM2-135M shapes. Not part of the package. */
@@ -205,9 +205,42 @@ static void timing(const ty *t, int64_t n, int64_t rows) {
     free(w); free(pk); free(a); free(out);
 }
 
+/* Decode as the model sees it: m = 1 over a weight set larger than L3 (120 matrices 1536 x 576 Q4_1, 66 MB),
+   so each product streams its weights from DRAM. */
+static void decode_sweep(void) {
+    enum { NM = 120 };
+    const int type = TERN_Q4_1;
+    const int64_t rows = 1536, n = 576;
+    size_t rb;
+    uint8_t *w[NM];
+    void *pk[NM];
+    tern_force_path(TERN_PATH_AVX2);
+    for (int k = 0; k < NM; k++) { w[k] = make_weights(type, rows, n, &rb); pk[k] = make_packed(type, w[k], rb, rows, n); }
+    tern_q8_block *a = make_acts(1, n);
+    float *out = malloc(sizeof(float) * rows);
+    for (int packed = 0; packed < 2; packed++) {
+        double best = 1e30;
+        for (int rep = 0; rep < 7; rep++) {
+            double t0 = now();
+            for (int k = 0; k < NM; k++) {
+                if (packed) tern_matmul_packed(type, pk[k], rows, n, a, 1, out, rows, 0, rows);
+                else tern_matmul_q(type, w[k], rb, n, a, 1, out, rows, 0, rows);
+            }
+            double t = now() - t0;
+            if (t < best) best = t;
+        }
+        printf("decode sweep m=1, %d x (n=%lld rows=%lld) q4_1, %.0f MB: %s %.2f ms (%.1f GB/s, %.1f GF/s)\n", NM,
+               (long long)n, (long long)rows, NM * rb * rows / 1e6, packed ? "new packed" : "old tern_matmul_q",
+               best * 1e3, NM * rb * rows / best * 1e-9, 2.0 * NM * rows * n / best * 1e-9);
+    }
+    for (int k = 0; k < NM; k++) { free(w[k]); free(pk[k]); }
+    free(a); free(out);
+}
+
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "all";
     tern_force_path(TERN_PATH_AVX2);
+    if (!strcmp(mode, "decode")) { decode_sweep(); return 0; }
     if (strcmp(mode, "time")) {
         const int64_t msmall[] = {1, 2, 3, 4, 5, 8, 16, 33, 64, 128}, mbig[] = {1, 2, 3, 5, 17, 33};
         for (size_t ti = 0; ti < sizeof TYPES / sizeof TYPES[0]; ti++) {
