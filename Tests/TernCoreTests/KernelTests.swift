@@ -268,9 +268,9 @@ final class KernelTests: XCTestCase {
                                 tern_matmul_packed(type, packed, Int64(rows), Int64(n), a, Int64(m), &got, Int64(ldo), Int64(r0), Int64(r1))
                                 if path == Int32(TERN_PATH_SCALAR) {
                                     portable[k] = got
-                                } else if path == Int32(TERN_PATH_AVX2) {
-                                    XCTAssertEqual(got.map(\.bitPattern), portable[k]?.map(\.bitPattern),
-                                                   "\(name) rows=\(rows) n=\(n) m=\(m) [\(r0), \(r1)): AVX2 packed vs portable packed")
+                                } else if path == Int32(TERN_PATH_AVX2), let p = portable[k],
+                                          let j = got.indices.first(where: { got[$0].bitPattern != p[$0].bitPattern }) {
+                                    XCTFail("\(name) rows=\(rows) n=\(n) m=\(m) [\(r0), \(r1)) i=\(j / ldo) r=\(j % ldo): AVX2 packed \(got[j]) vs portable packed \(p[j])")
                                 }
                                 for i in 0..<m {
                                     for r in 0..<ldo {
@@ -332,9 +332,11 @@ final class KernelTests: XCTestCase {
                             }
                         }
                         for i in 0..<m {
-                            XCTAssertEqual(got[(i * ldo)..<(i * ldo + rows)].map(\.bitPattern),
-                                           whole[((start + i) * ldo)..<((start + i) * ldo + rows)].map(\.bitPattern),
-                                           "\(name) path \(path): activation row \(start + i) alone in a batch of \(m) at \(i) vs in \(maxM)")
+                            let alone = got[(i * ldo)..<(i * ldo + rows)], batched = whole[((start + i) * ldo)..<((start + i) * ldo + rows)]
+                            if let r = (0..<rows).first(where: { alone[i * ldo + $0].bitPattern != batched[(start + i) * ldo + $0].bitPattern }) {
+                                XCTFail("\(name) path \(path): activation row \(start + i), weight row \(r): \(alone[i * ldo + r]) at \(i) of " +
+                                        "a batch of \(m) vs \(batched[(start + i) * ldo + r]) at \(start + i) of \(maxM)")
+                            }
                         }
                     }
                 }
