@@ -114,6 +114,9 @@ void tern_avx512_qtile(int mt, const void *buf, int nbk, const tern_q8_block *a,
 /* avx512_packed.c: products over load-time packed panels (packed.c owns the layout); 0 = type not covered */
 int tern_avx512_matmul_packed(int type, const void *packed, int64_t rows, int64_t n, const tern_q8_block *a,
                               int64_t m, float *out, int64_t ldo, int64_t r0, int64_t r1);
+/* avx2_packed.c: the same over the same layout on the AVX2 path; 0 = type not covered */
+int tern_avx2_matmul_packed(int type, const void *packed, int64_t rows, int64_t n, const tern_q8_block *a,
+                            int64_t m, float *out, int64_t ldo, int64_t r0, int64_t r1);
 #endif
 /* Packed layout (packed.c): bytes per 32-value block of a 16-row panel in the weight area (wb) and the scale
    area (sb); 0 = type has no packed form. */

@@ -1,6 +1,7 @@
 /* Load-time packed weights: the public packing API, the packed layout, and a portable product over it for
-   when the AVX-512 kernels are not in force. The layout (panels of TERN_PACK_ROWS rows) is what the AVX-512
-   tile kernels read directly, so decoding pays no per-call repacking:
+   when no SIMD kernel for it is in force. The layout (panels of TERN_PACK_ROWS rows) is what the AVX-512 tile
+   kernels (avx512_packed.c) read directly, and the AVX2 ones (avx2_packed.c) too, a vector's low 32 bytes being
+   rows 0-7 and its high 32 rows 8-15, so decoding pays no per-call repacking:
      panel = [weights: nab 32-value blocks x wb bytes][scales: nab blocks x sb bytes, padded to 64 B]
    "vector" = 64 B whose 4-byte lane r belongs to row r of the panel.
    32-value types, per block:
@@ -20,7 +21,8 @@
      16..31. The -32 offset is applied with the activation half-block sums (as in avx512_gemm.c).
    Rows past the matrix's end are zero. Every 32-value block is used as value = d' * u + o with unsigned u
    (o = -8d, m, -16d, m, -128d; K: d' = d * scale, o = -dmin * min), computed exactly as avx512_gemm.c does, so
-   results match tern_matmul_q's batched kernels (avx512_gemm.c) bit for bit. */
+   results match tern_matmul_q's batched kernels (avx512_gemm.c) bit for bit; avx2_packed.c follows the same
+   float operations, so its results are the portable reader's bits. */
 #include <math.h>
 #include "kernels_internal.h"
 
@@ -39,8 +41,9 @@ size_t tern_packed_panel_bytes(int type, int64_t n, size_t *scale_offset) {
 }
 
 size_t tern_packed_size(int type, int64_t rows, int64_t n) {
-    /* only the AVX-512 kernels gain from the layout; the other paths keep their row kernels */
-    if (rows <= 0 || tern_active_path() < TERN_PATH_AVX512) return 0;
+    /* the SIMD kernels (AVX-512, AVX2) read every packable type; the scalar path keeps its row kernels
+       (scalar_matmul_packed is the layout's reference, not a tuned kernel) */
+    if (rows <= 0 || tern_active_path() < TERN_PATH_AVX2) return 0;
     size_t pb = tern_packed_panel_bytes(type, n, NULL);
     return pb * (size_t)((rows + PR - 1) / PR);
 }
@@ -237,6 +240,8 @@ void tern_matmul_packed(int type, const void *packed, int64_t rows, int64_t n, c
 #ifdef TERN_X86
     if (tern_active_path() >= TERN_PATH_AVX512 &&
         tern_avx512_matmul_packed(type, packed, rows, n, a, m, out, ldo, r0, r1)) return;
+    if (tern_active_path() == TERN_PATH_AVX2 && tern_avx2_matmul_packed(type, packed, rows, n, a, m, out, ldo, r0, r1))
+        return;
 #endif
     scalar_matmul_packed(type, packed, n, a, m, out, ldo, r0, r1);
 }

@@ -212,15 +212,16 @@ final class KernelTests: XCTestCase {
     ]
 
     /// Packed weights give tern_matmul_q's numbers (bit for bit on the AVX-512 path, whose batched tiles they
-    /// mirror, except Q6_K at m = 1 where tern_matmul_q uses row kernels; within 1e-4 for the portable reader of the
-    /// layout on other paths), for row ranges as threads split them; packing by ranges equals packing whole;
-    /// types without a packed form report size 0.
+    /// mirror, except Q6_K at m = 1 where tern_matmul_q uses row kernels; within 1e-4 on other paths, whose row
+    /// kernels sum in another order), for row ranges as threads split them; the AVX2 packed kernel gives the
+    /// portable packed reader's bits; packing by ranges equals packing whole; types without a packed form, and
+    /// the scalar path, report size 0.
     func testPackedMatchesUnpacked() {
         tern_force_path(-1)
         for (name, type) in Self.allTypes where !Self.packedTypes.contains(where: { $0.id == type }) {
             XCTAssertEqual(tern_packed_size(type, 64, 512), 0, "\(name) has no packed form")
         }
-        guard tern_best_path() >= Int32(TERN_PATH_AVX512) else {
+        guard tern_best_path() >= Int32(TERN_PATH_AVX2) else {
             for (name, type) in Self.packedTypes { XCTAssertEqual(tern_packed_size(type, 64, 512), 0, name) }
             return
         }
@@ -256,14 +257,21 @@ final class KernelTests: XCTestCase {
                     for m in [1, 2, 5, 8, 13, 64] {
                         var mag = [Double](repeating: 0, count: m * rows)
                         for i in 0..<m { for r in 0..<rows { for j in 0..<n { mag[i * rows + r] += Double(abs(deq[r][j] * x[i * n + j])) } } }
+                        var portable = [Int: [Float]]()  // the scalar path's packed results, per row range
                         for path in Self.paths {
                             tern_force_path(path)
-                            for (r0, r1) in [(0, rows), (16, min(32, rows)), (32, rows)] where r0 < r1 {
+                            for (k, (r0, r1)) in [(0, rows), (16, min(32, rows)), (32, rows)].enumerated() where r0 < r1 {
                                 var ref = [Float](repeating: .nan, count: m * ldo), got = ref
                                 w.withUnsafeBytes { wb in
                                     tern_matmul_q(type, wb.baseAddress, rb, Int64(n), a, Int64(m), &ref, Int64(ldo), Int64(r0), Int64(r1))
                                 }
                                 tern_matmul_packed(type, packed, Int64(rows), Int64(n), a, Int64(m), &got, Int64(ldo), Int64(r0), Int64(r1))
+                                if path == Int32(TERN_PATH_SCALAR) {
+                                    portable[k] = got
+                                } else if path == Int32(TERN_PATH_AVX2), let p = portable[k],
+                                          let j = got.indices.first(where: { got[$0].bitPattern != p[$0].bitPattern }) {
+                                    XCTFail("\(name) rows=\(rows) n=\(n) m=\(m) [\(r0), \(r1)) i=\(j / ldo) r=\(j % ldo): AVX2 packed \(got[j]) vs portable packed \(p[j])")
+                                }
                                 for i in 0..<m {
                                     for r in 0..<ldo {
                                         let g = got[i * ldo + r], e = ref[i * ldo + r]
@@ -280,8 +288,54 @@ final class KernelTests: XCTestCase {
                                     }
                                 }
                             }
-                            if path < Int32(TERN_PATH_AVX512) {
+                            if path < Int32(TERN_PATH_AVX2) {
                                 XCTAssertEqual(tern_packed_size(type, Int64(rows), Int64(n)), 0, "\(name): no packing on path \(path)")
+                            } else {
+                                XCTAssertGreaterThan(tern_packed_size(type, Int64(rows), Int64(n)), 0, "\(name): packing on path \(path)")
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// An activation row's packed results do not depend on the batch it is in or its position there (greedy
+    /// decoding of sequences batched together must give the tokens each gives alone), nor on the row range, on
+    /// every path that packs.
+    func testPackedResultsIndependentOfBatch() {
+        var rng = Rng(state: 4242)
+        let rows = 40, n = 512, maxM = 17, ldo = rows
+        for path in Self.paths {
+            tern_force_path(path)
+            for (name, type) in Self.packedTypes {
+                let size = tern_packed_size(type, Int64(rows), Int64(n))
+                guard size > 0 else { continue }
+                let w = randomWeights(type, rows: rows, n: n, rng: &rng)
+                let x = (0..<(maxM * n)).map { _ in rng.float() }
+                var a = [tern_q8_block](repeating: tern_q8_block(), count: maxM * n / 32)
+                tern_quantize_activations(x, &a, Int64(maxM * n))
+                let packed = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 64)
+                defer { packed.deallocate() }
+                w.withUnsafeBytes { wb in
+                    XCTAssertEqual(tern_pack_weights(type, wb.baseAddress, rowBytes(type, n), Int64(rows), Int64(n), packed), 0)
+                }
+                var whole = [Float](repeating: .nan, count: maxM * ldo)
+                tern_matmul_packed(type, packed, Int64(rows), Int64(n), a, Int64(maxM), &whole, Int64(ldo), 0, Int64(rows))
+                for m in [1, 3, 5] {
+                    for start in Set([0, 1, 4, maxM - m]) where start + m <= maxM {
+                        var got = [Float](repeating: .nan, count: m * ldo)
+                        a.withUnsafeBufferPointer { ab in
+                            let sub = ab.baseAddress! + start * (n / 32)
+                            for (r0, r1) in [(0, 16), (16, rows)] {
+                                tern_matmul_packed(type, packed, Int64(rows), Int64(n), sub, Int64(m), &got, Int64(ldo), Int64(r0), Int64(r1))
+                            }
+                        }
+                        for i in 0..<m {
+                            let alone = got[(i * ldo)..<(i * ldo + rows)], batched = whole[((start + i) * ldo)..<((start + i) * ldo + rows)]
+                            if let r = (0..<rows).first(where: { alone[i * ldo + $0].bitPattern != batched[(start + i) * ldo + $0].bitPattern }) {
+                                XCTFail("\(name) path \(path): activation row \(start + i), weight row \(r): \(alone[i * ldo + r]) at \(i) of " +
+                                        "a batch of \(m) vs \(batched[(start + i) * ldo + r]) at \(start + i) of \(maxM)")
                             }
                         }
                     }

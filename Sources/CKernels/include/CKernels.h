@@ -51,12 +51,14 @@ void tern_dequantize_row(int type, const void *src, float *dst, int64_t n);
    K-quants use a small grid search over the sub-block scale (see quantize.c). */
 int  tern_quantize_row(int type, const float *src, void *dst, int64_t n);
 
-/* Load-time weight packing. Decoding reads every weight once per token, so the 16-row panels the AVX-512
+/* Load-time weight packing. Decoding reads every weight once per token, so the 16-row panels the SIMD
    kernels want are built once instead of on every call. Packing is available when tern_packed_size is
-   non-zero (today: every quantized type, on the AVX-512 path); otherwise callers keep using tern_matmul_q.
-   Packed data is 64-byte aligned by the caller. tern_matmul_packed's results are bit-identical to
-   tern_matmul_q's on the AVX-512 path (except Q6_K at m = 1, which tern_matmul_q computes with row kernels:
-   equal within float rounding) and within 1e-4 relative on other paths. */
+   non-zero (today: every quantized type, on the AVX-512 and AVX2 paths); otherwise callers keep using
+   tern_matmul_q. Packed data is 64-byte aligned by the caller. tern_matmul_packed's results are bit-identical
+   to tern_matmul_q's on the AVX-512 path (except Q6_K at m = 1, which tern_matmul_q computes with row kernels:
+   equal within float rounding) and within 1e-4 relative on other paths; on the AVX2 path they are the portable
+   packed reader's bits. On every path an output's value depends only on its weight row and activation row,
+   not on m, the activation row's position in the batch, or the row range. */
 #define TERN_PACK_ROWS 16
 /* Bytes tern_pack_weights needs for a rows x n matrix of `type`, or 0 when this type/path has no packed form. */
 size_t tern_packed_size(int type, int64_t rows, int64_t n);

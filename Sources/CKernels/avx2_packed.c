@@ -1,0 +1,305 @@
+/* AVX2 products over load-time packed weights (layout in packed.c), for CPUs without AVX-512 VNNI. A 64-byte
+   vector of a panel holds 4 consecutive quants of each of 16 rows, so its low half is rows 0-7 and its high half
+   rows 8-15: one 256-bit load feeds vpmaddubsw for 8 weight rows against 4 activation bytes broadcast to every
+   lane. Summing up to 8 such products in int16 before widening amortises vpmaddwd, the int->float conversion
+   and the scale FMA over 8 rows, where the row kernels in avx2.c pay them per row.
+
+   Arithmetic: the integer block sums are exact and each output's float chain is, operation for operation,
+   that of scalar_matmul_packed (packed.c) and avx512_packed.c: acc = fma(float(s), d' * a.d, acc), then
+   acc = fma(o, a.s, acc) (Q6_K: acc = fma(fma(i0, d0, i1 * d1), a.d, acc)), block after block. So results do
+   not depend on m, on the tile an activation row lands in, or on the row range, and they equal the other
+   packed readers bit for bit. Covers every packable type (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K);
+   returns 0 for any other. Boundaries: the layout is packed.c's (shared with avx512_packed.c and the portable
+   reader, so it is read here, never changed); dispatch between paths is packed.c's tern_matmul_packed. */
+#include "kernels_internal.h"
+
+#ifdef TERN_X86
+#include <immintrin.h>
+
+#define TGT __attribute__((target("avx2,fma,f16c")))
+#define INL static inline __attribute__((always_inline)) TGT
+#define UNROLL _Pragma("GCC unroll 16")
+
+#ifndef PFD
+#define PFD 8192 /* bytes ahead in the packed stream; a matrix larger than L2 is otherwise latency-bound */
+#endif
+/* KCP: 32-value blocks per pass when several activation tiles share a panel (KCP x 256..512 B stays in L1) */
+/* MTM: activation rows per tile when m > 2 (5 x (accumulator + int16 sum) + weights fit the 16 ymm registers
+   best: measured against 4 and 6) */
+enum { PR = TERN_PACK_ROWS, KCP = 32, MTM = 5 };
+
+INL __m256i bcast(const tern_q8_block *ab, int k) {
+    return _mm256_set1_epi32((int)tern_rd32((const uint8_t *)ab->q + 4 * k));
+}
+
+/* 8 row values per half (h) of a 16-entry per-row array of halves / bytes */
+INL __m256 halves8(const uint8_t *p, int h) { return _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(p + 16 * h))); }
+INL __m256 u8x8(const uint8_t *p) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p))); }
+INL __m256 s8x8(const uint8_t *p) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p))); }
+
+/* 0x10 in byte i where bit i of the 32-bit mask at p is set: the fifth bit of 4 values x 8 rows */
+INL __m256i bits16(const uint8_t *p) {
+    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)tern_rd32(p)),
+        _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ull);
+    return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit), _mm256_set1_epi8(0x10));
+}
+
+/* lanes past the matrix's last row are never written: out may end there or hold the caller's other data */
+INL __m256 acc_load(const float *p, int nv) {
+    if (nv >= 8) return _mm256_loadu_ps(p);
+    __m256i mk = _mm256_cmpgt_epi32(_mm256_set1_epi32(nv), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    return _mm256_maskload_ps(p, mk);
+}
+INL void acc_store(float *p, int nv, __m256 v) {
+    if (nv >= 8) { _mm256_storeu_ps(p, v); return; }
+    __m256i mk = _mm256_cmpgt_epi32(_mm256_set1_epi32(nv), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    _mm256_maskstore_ps(p, mk, v);
+}
+
+/* MT activation rows x NH halves (8 weight rows each, starting at half h0) of one panel, over blocks [0, nbk)
+   of pw/ps (already offset to the first block); adds into (or, when first, stores to) out[t * ldo + 8h + lane].
+   nv[h] = valid rows in half h. Q4_0 / Q4_1 / Q8_0. */
+INL void tile32(const int type, const int MT, const int NH, const uint8_t *pw, const uint8_t *ps, int h0, int nbk,
+                const tern_q8_block *a, int64_t astride, float *out, int64_t ldo, const int *nv, int first, int pf) {
+    const int q8 = type == TERN_Q8_0, q5 = type == TERN_Q5_0 || type == TERN_Q5_1;
+    const int hasm = type == TERN_Q4_1 || type == TERN_Q5_1;
+    const size_t wb = q8 ? 512 : q5 ? 320 : 256, sb = hasm ? 64 : 32;
+    const __m256i lo4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi16(1), sixteen = _mm256_set1_epi16(16);
+    __m256 acc[2][MTM];
+    UNROLL for (int h = 0; h < NH; h++) UNROLL for (int t = 0; t < MT; t++)
+        acc[h][t] = first ? _mm256_setzero_ps() : acc_load(out + t * ldo + 8 * (h0 + h), nv[h]);
+    for (int b = 0; b < nbk; b++) {
+        const uint8_t *bw = pw + (size_t)b * wb, *bs = ps + (size_t)b * sb;
+        /* panels are consecutive, so one linear look-ahead covers scales and the next panels too; the second
+           half's pass finds the lines already there */
+        if (pf) for (int k = 0; k < (int)(wb / 64); k++) _mm_prefetch((const char *)(bw + PFD + 64 * k), _MM_HINT_T0);
+        __m256i s[2][MTM];
+        if (q8) {
+            /* u = 16 * hi + lo with nibbles, so neither int16 sum can saturate (8 x 2 x 15 x 127 < 32767) */
+            __m256i sh[2][MTM];
+            UNROLL for (int h = 0; h < NH; h++) UNROLL for (int t = 0; t < MT; t++)
+                s[h][t] = sh[h][t] = _mm256_setzero_si256();
+            UNROLL for (int k = 0; k < 8; k++) UNROLL for (int h = 0; h < NH; h++) {
+                __m256i v = _mm256_load_si256((const __m256i *)(bw + 64 * k + 32 * (h0 + h)));
+                __m256i l = _mm256_and_si256(v, lo4), u = _mm256_and_si256(_mm256_srli_epi16(v, 4), lo4);
+                UNROLL for (int t = 0; t < MT; t++) {
+                    __m256i x = bcast(a + t * astride + b, k);
+                    s[h][t] = _mm256_add_epi16(s[h][t], _mm256_maddubs_epi16(l, x));
+                    sh[h][t] = _mm256_add_epi16(sh[h][t], _mm256_maddubs_epi16(u, x));
+                }
+            }
+            UNROLL for (int h = 0; h < NH; h++) UNROLL for (int t = 0; t < MT; t++)
+                s[h][t] = _mm256_add_epi32(_mm256_madd_epi16(s[h][t], one), _mm256_madd_epi16(sh[h][t], sixteen));
+        } else {
+            /* 4-bit: 8 products per int16 sum; 5-bit (pairs up to 7874): 4, so widen after every second k */
+            __m256i s16[2][MTM];
+            UNROLL for (int k = 0; k < 4; k++) UNROLL for (int h = 0; h < NH; h++) {
+                __m256i v = _mm256_load_si256((const __m256i *)(bw + 64 * k + 32 * (h0 + h)));
+                __m256i l = _mm256_and_si256(v, lo4), u = _mm256_and_si256(_mm256_srli_epi16(v, 4), lo4);
+                if (q5) {
+                    l = _mm256_or_si256(l, bits16(bw + 256 + 8 * k + 4 * (h0 + h)));
+                    u = _mm256_or_si256(u, bits16(bw + 256 + 8 * (k + 4) + 4 * (h0 + h)));
+                }
+                UNROLL for (int t = 0; t < MT; t++) {
+                    const tern_q8_block *ab = a + t * astride + b;
+                    __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(l, bcast(ab, k)), _mm256_maddubs_epi16(u, bcast(ab, k + 4)));
+                    s16[h][t] = (q5 ? k % 2 : k) ? _mm256_add_epi16(s16[h][t], p) : p;
+                    if (q5 && k == 1) s[h][t] = _mm256_madd_epi16(s16[h][t], one);
+                    if (q5 && k == 3) s[h][t] = _mm256_add_epi32(s[h][t], _mm256_madd_epi16(s16[h][t], one));
+                }
+            }
+            if (!q5) UNROLL for (int h = 0; h < NH; h++) UNROLL for (int t = 0; t < MT; t++) s[h][t] = _mm256_madd_epi16(s16[h][t], one);
+        }
+        UNROLL for (int h = 0; h < NH; h++) {
+            __m256 d = halves8(bs, h0 + h);
+            __m256 o = hasm ? halves8(bs + 32, h0 + h) : _mm256_mul_ps(d, _mm256_set1_ps(q8 ? -128.0f : q5 ? -16.0f : -8.0f));
+            UNROLL for (int t = 0; t < MT; t++) {
+                const tern_q8_block *ab = a + t * astride + b;
+                acc[h][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[h][t]), _mm256_mul_ps(d, _mm256_set1_ps(ab->d)), acc[h][t]);
+                acc[h][t] = _mm256_fmadd_ps(o, _mm256_set1_ps(ab->s), acc[h][t]);
+            }
+        }
+    }
+    UNROLL for (int h = 0; h < NH; h++) UNROLL for (int t = 0; t < MT; t++)
+        acc_store(out + t * ldo + 8 * (h0 + h), nv[h], acc[h][t]);
+}
+
+/* Q4_K: as tile32 per sub-block j (one nibble of pair j / 2's 8 vectors), d' = d * scale_j, o = -dmin * min_j.
+   nbk counts 32-value blocks (a multiple of 8). */
+INL void tilek(const int type, const int MT, const int NH, const uint8_t *pw, const uint8_t *ps, int h0, int nbk,
+               const tern_q8_block *a, int64_t astride, float *out, int64_t ldo, const int *nv, int first, int pf) {
+    const __m256i lo4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi16(1);
+    __m256 acc[2][MTM];
+    UNROLL for (int h = 0; h < NH; h++) UNROLL for (int t = 0; t < MT; t++)
+        acc[h][t] = first ? _mm256_setzero_ps() : acc_load(out + t * ldo + 8 * (h0 + h), nv[h]);
+    const int q5 = type == TERN_Q5_K;
+    for (int sbi = 0; sbi < nbk / 8; sbi++) {
+        const uint8_t *sw = pw + (size_t)sbi * (q5 ? 2560 : 2048), *bs = ps + (size_t)sbi * 320;
+        if (pf && q5) for (int k = 0; k < 8; k++) _mm_prefetch((const char *)(sw + 2048 + PFD + 64 * k), _MM_HINT_T0);
+        __m256 d[2], dmin[2];
+        UNROLL for (int h = 0; h < NH; h++) {
+            d[h] = halves8(bs, h0 + h);
+            dmin[h] = _mm256_sub_ps(_mm256_setzero_ps(), halves8(bs + 32, h0 + h));
+        }
+        for (int p = 0; p < 4; p++) {
+          const uint8_t *bw = sw + 512 * p;
+          if (pf) for (int k = 0; k < 8; k++) _mm_prefetch((const char *)(bw + PFD + 64 * k), _MM_HINT_T0);
+          /* both nibbles of a pair in turn (the second re-reads the pair from L1) */
+          UNROLL for (int e = 0; e < 2; e++) {
+            const int j = 2 * p + e;
+            const tern_q8_block *a0 = a + 8 * sbi + j;
+            /* int16 sums of 8 products (4-bit) or 4 (5-bit: pairs up to 7874), widened to s */
+            __m256i s[2][MTM], s16[2][MTM];
+            UNROLL for (int k = 0; k < 8; k++) UNROLL for (int h = 0; h < NH; h++) {
+                __m256i v = _mm256_load_si256((const __m256i *)(bw + 64 * k + 32 * (h0 + h)));
+                if (e) v = _mm256_srli_epi16(v, 4);
+                v = _mm256_and_si256(v, lo4);
+                if (q5) v = _mm256_or_si256(v, bits16(sw + 2048 + 8 * (8 * j + k) + 4 * (h0 + h)));
+                UNROLL for (int t = 0; t < MT; t++) {
+                    __m256i p = _mm256_maddubs_epi16(v, bcast(a0 + t * astride, k));
+                    s16[h][t] = (q5 ? k % 4 : k) ? _mm256_add_epi16(s16[h][t], p) : p;
+                    if (q5 && k == 3) s[h][t] = _mm256_madd_epi16(s16[h][t], one);
+                    if (q5 && k == 7) s[h][t] = _mm256_add_epi32(s[h][t], _mm256_madd_epi16(s16[h][t], one));
+                }
+            }
+            if (!q5) UNROLL for (int h = 0; h < NH; h++) UNROLL for (int t = 0; t < MT; t++) s[h][t] = _mm256_madd_epi16(s16[h][t], one);
+            UNROLL for (int h = 0; h < NH; h++) {
+                const uint8_t *sc = bs + 64 + 16 * j + 8 * (h0 + h), *mn = bs + 192 + 16 * j + 8 * (h0 + h);
+                __m256 dj = _mm256_mul_ps(d[h], u8x8(sc)), oj = _mm256_mul_ps(dmin[h], u8x8(mn));
+                UNROLL for (int t = 0; t < MT; t++) {
+                    const tern_q8_block *ab = a0 + t * astride;
+                    acc[h][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[h][t]),
+                                                _mm256_mul_ps(dj, _mm256_set1_ps(ab->d)), acc[h][t]);
+                    acc[h][t] = _mm256_fmadd_ps(oj, _mm256_set1_ps(ab->s), acc[h][t]);
+                }
+            }
+          }
+        }
+    }
+    UNROLL for (int h = 0; h < NH; h++) UNROLL for (int t = 0; t < MT; t++)
+        acc_store(out + t * ldo + 8 * (h0 + h), nv[h], acc[h][t]);
+}
+
+/* Q6_K: 6-bit u from a nibble vector and a high-pair vector, made signed (u - 32) so the offset needs no
+   activation sums: |u - 32| x (a signed like u - 32) keeps a pair within 2 x 32 x 127, so the 4 groups of a
+   16-value half (one Q6_K scale each) share one int16 sum. */
+INL void tile6(const int MT, const int NH, const uint8_t *pw, const uint8_t *ps, int h0, int nbk,
+               const tern_q8_block *a, int64_t astride, float *out, int64_t ldo, const int *nv, int first, int pf) {
+    const __m256i lo4 = _mm256_set1_epi8(0x0f), m3 = _mm256_set1_epi8(3), mc = _mm256_set1_epi8(0x0c);
+    const __m256i one = _mm256_set1_epi16(1), b32 = _mm256_set1_epi8(32);
+    __m256 acc[2][MTM];
+    UNROLL for (int h = 0; h < NH; h++) UNROLL for (int t = 0; t < MT; t++)
+        acc[h][t] = first ? _mm256_setzero_ps() : acc_load(out + t * ldo + 8 * (h0 + h), nv[h]);
+    for (int b = 0; b < nbk; b++) {
+        const uint8_t *bw = pw + (size_t)b * 384, *bs = ps + (size_t)(b / 8) * 288;
+        const int jb = b % 8;
+        if (pf) for (int k = 0; k < 6; k++) _mm_prefetch((const char *)(bw + PFD + 64 * k), _MM_HINT_T0);
+        UNROLL for (int h = 0; h < NH; h++) {
+            const int hh = h0 + h;
+            __m256i i0[MTM], i1[MTM];
+            UNROLL for (int k = 0; k < 4; k++) {
+                __m256i H = _mm256_load_si256((const __m256i *)(bw + 256 + 64 * (k / 2) + 32 * hh));
+                if (k & 1) H = _mm256_srli_epi16(H, 4);
+                const __m256i v = _mm256_load_si256((const __m256i *)(bw + 64 * k + 32 * hh));
+                const __m256i l = _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(v, lo4),
+                                                                  _mm256_slli_epi16(_mm256_and_si256(H, m3), 4)), b32);
+                const __m256i u = _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), lo4),
+                                                                  _mm256_slli_epi16(_mm256_and_si256(H, mc), 2)), b32);
+                const __m256i al = _mm256_sign_epi8(l, l), au = _mm256_sign_epi8(u, u);
+                UNROLL for (int t = 0; t < MT; t++) {
+                    const tern_q8_block *ab = a + t * astride + b;
+                    __m256i x0 = _mm256_maddubs_epi16(al, _mm256_sign_epi8(bcast(ab, k), l));
+                    __m256i x1 = _mm256_maddubs_epi16(au, _mm256_sign_epi8(bcast(ab, k + 4), u));
+                    i0[t] = k ? _mm256_add_epi16(i0[t], x0) : x0;
+                    i1[t] = k ? _mm256_add_epi16(i1[t], x1) : x1;
+                }
+            }
+            __m256 d = halves8(bs, hh);
+            __m256 d0 = _mm256_mul_ps(d, s8x8(bs + 32 + 32 * jb + 8 * hh)), d1 = _mm256_mul_ps(d, s8x8(bs + 48 + 32 * jb + 8 * hh));
+            UNROLL for (int t = 0; t < MT; t++) {
+                __m256 f0 = _mm256_cvtepi32_ps(_mm256_madd_epi16(i0[t], one));
+                __m256 f1 = _mm256_cvtepi32_ps(_mm256_madd_epi16(i1[t], one));
+                __m256 f = _mm256_fmadd_ps(f0, d0, _mm256_mul_ps(f1, d1));
+                acc[h][t] = _mm256_fmadd_ps(f, _mm256_set1_ps((a + t * astride + b)->d), acc[h][t]);
+            }
+        }
+    }
+    UNROLL for (int h = 0; h < NH; h++) UNROLL for (int t = 0; t < MT; t++)
+        acc_store(out + t * ldo + 8 * (h0 + h), nv[h], acc[h][t]);
+}
+
+typedef void (*tilefn)(const uint8_t *, const uint8_t *, int, int, const tern_q8_block *, int64_t, float *, int64_t,
+                       const int *, int, int);
+#define T32(NAME, TYPE, NH, MT) TGT static void NAME##_##NH##_##MT(const uint8_t *pw, const uint8_t *ps, int h0, \
+        int nbk, const tern_q8_block *a, int64_t as, float *out, int64_t ldo, const int *nv, int first, int pf) { \
+        tile32(TYPE, MT, NH, pw, ps, h0, nbk, a, as, out, ldo, nv, first, pf); }
+#define TK(NAME, TYPE, NH, MT) TGT static void NAME##_##NH##_##MT(const uint8_t *pw, const uint8_t *ps, int h0, \
+        int nbk, const tern_q8_block *a, int64_t as, float *out, int64_t ldo, const int *nv, int first, int pf) { \
+        tilek(TYPE, MT, NH, pw, ps, h0, nbk, a, as, out, ldo, nv, first, pf); }
+#define T6(NAME, UNUSED, NH, MT) TGT static void NAME##_##NH##_##MT(const uint8_t *pw, const uint8_t *ps, int h0, \
+        int nbk, const tern_q8_block *a, int64_t as, float *out, int64_t ldo, const int *nv, int first, int pf) { \
+        tile6(MT, NH, pw, ps, h0, nbk, a, as, out, ldo, nv, first, pf); }
+#define SET(NAME, GEN, ARG) GEN(NAME, ARG, 1, 1) GEN(NAME, ARG, 1, 2) GEN(NAME, ARG, 1, 3) GEN(NAME, ARG, 1, 4) \
+        GEN(NAME, ARG, 1, 5) GEN(NAME, ARG, 2, 1) GEN(NAME, ARG, 2, 2) \
+        static const tilefn NAME[2][MTM] = {{NAME##_1_1, NAME##_1_2, NAME##_1_3, NAME##_1_4, NAME##_1_5}, \
+                                            {NAME##_2_1, NAME##_2_2, NULL, NULL, NULL}};
+SET(t_q4_0, T32, TERN_Q4_0)
+SET(t_q4_1, T32, TERN_Q4_1)
+SET(t_q8_0, T32, TERN_Q8_0)
+SET(t_q5_0, T32, TERN_Q5_0)
+SET(t_q5_1, T32, TERN_Q5_1)
+SET(t_q4_k, TK, TERN_Q4_K)
+SET(t_q5_k, TK, TERN_Q5_K)
+SET(t_q6_k, T6, 0)
+
+TGT int tern_avx2_matmul_packed(int type, const void *packed, int64_t rows, int64_t n, const tern_q8_block *a,
+                                int64_t m, float *out, int64_t ldo, int64_t r0, int64_t r1) {
+    const tilefn (*fns)[MTM];
+    switch (type) {
+    case TERN_Q4_0: fns = t_q4_0; break;
+    case TERN_Q4_1: fns = t_q4_1; break;
+    case TERN_Q8_0: fns = t_q8_0; break;
+    case TERN_Q5_0: fns = t_q5_0; break;
+    case TERN_Q5_1: fns = t_q5_1; break;
+    case TERN_Q4_K: fns = t_q4_k; break;
+    case TERN_Q5_K: fns = t_q5_k; break;
+    case TERN_Q6_K: fns = t_q6_k; break;
+    default: return 0;
+    }
+    size_t so = 0, pb = tern_packed_panel_bytes(type, n, &so);
+    size_t wb, sb;
+    tern_packed_block_geometry(type, &wb, &sb);
+    const int64_t nab = n / TERN_QK;
+    (void)rows;
+    for (int64_t p0 = r0; p0 < r1; p0 += PR) {
+        const int nr = r1 - p0 < PR ? (int)(r1 - p0) : PR;
+        const int nv[2] = {nr < 8 ? nr : 8, nr - 8};
+        const uint8_t *pw = (const uint8_t *)packed + (size_t)(p0 / PR) * pb, *ps = pw + so;
+        float *o = out + p0;
+        if (m <= 2) { /* decode: one pass, both halves in one loop, so each activation row has two independent FMA
+                         chains and each packed byte is read once */
+            if (nr > 8) fns[1][m - 1](pw, ps, 0, (int)nab, a, nab, o, ldo, nv, 1, 1);
+            else fns[0][m - 1](pw, ps, 0, (int)nab, a, nab, o, ldo, nv, 1, 1);
+            continue;
+        }
+        /* a chunk of the panel meets every tile of activation rows while it sits in L1; each tile's activation
+           blocks stay in L1 for the second half */
+        for (int64_t kb = 0; kb < nab; kb += KCP) { /* KCP is a multiple of 8: K-quant chunks are whole super-blocks */
+            const int nbk = nab - kb < KCP ? (int)(nab - kb) : KCP;
+            const uint8_t *cw = pw + (size_t)kb * wb;
+            const uint8_t *cs = ps + (size_t)kb * sb; /* a K-quant super-block's scales are 8 x sb */
+            /* tiles of at most MTM rows, as even as possible: a lone leftover row would run at a third the speed */
+            const int64_t nt = (m + MTM - 1) / MTM;
+            for (int64_t ti = 0, i = 0; ti < nt; ti++) {
+                const int mt = (int)((m - i) / (nt - ti));
+                for (int h = 0; h < (nr > 8 ? 2 : 1); h++)
+                    fns[0][mt - 1](cw, cs, h, nbk, a + i * nab + kb, nab, o + i * ldo, ldo, nv + h, kb == 0, i == 0 && h == 0);
+                i += mt;
+            }
+        }
+    }
+    return 1;
+}
+
+#endif
