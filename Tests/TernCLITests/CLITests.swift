@@ -65,7 +65,8 @@ final class CLITests: XCTestCase {
         let expected: [String: [String]] = [
             "serve": ["model", "host", "port", "api-key", "tls-cert", "tls-key", "cors-origin", "ctx-size", "threads",
                       "kv-cache-mib", "kv-type", "block-size", "max-batch-tokens", "max-running", "max-queue",
-                      "no-prefix-caching", "served-model-name", "drain-timeout", "max-body-mib", "kv-policy", "kv-budget"],
+                      "no-prefix-caching", "served-model-name", "drain-timeout", "max-body-mib", "kv-policy", "kv-budget",
+                      "prefix-cache-mib", "kv-release-after", "decode-step-ms"],
             "generate": ["model", "prompt", "max-tokens", "temperature", "top-k", "top-p", "min-p", "seed",
                          "repeat-penalty", "presence-penalty", "frequency-penalty", "stop", "ignore-eos", "ctx-size",
                          "threads", "system", "chat"],
