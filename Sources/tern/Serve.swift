@@ -130,6 +130,7 @@ func serve(_ o: ServeCommand) throws {
     guard o.kvReleaseAfter >= 0, o.kvReleaseAfter.isFinite else {
         throw UsageError("--kv-release-after must be a number of seconds ≥ 0, got \(o.kvReleaseAfter)")
     }
+    let stepMs = try atLeast(o.decodeStepMs, 0, "decode-step-ms")
     guard o.relay == "on" || o.relay == "off" else { throw UsageError("--relay must be on or off, got '\(o.relay)'") }
     let speculation = try o.speculation.configuration()
     let eviction = try o.eviction.settings()
@@ -187,7 +188,6 @@ func serve(_ o: ServeCommand) throws {
     config.prefixCaching = prefixCaching
     config.prefixCacheMaxBytes = prefixCacheMiB << 20
     config.kvReleaseDelay = o.kvReleaseAfter
-    let stepMs = try atLeast(o.decodeStepMs, 0, "decode-step-ms")
     config.decodingStepTarget = stepMs > 0 ? Double(stepMs) / 1000 : nil
     config.relay = o.relay == "on"
     config.speculation = speculation
