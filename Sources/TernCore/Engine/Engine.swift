@@ -231,16 +231,19 @@ public final class Engine: @unchecked Sendable {
         }
     }
 
+    /// The configured release delay in nanoseconds (nil: free blocks keep their pages).
+    private var kvReleaseDelayNanos: UInt64? { configuration.kvReleaseDelay.map { UInt64(max(0, $0) * 1e9) } }
+
     /// When the KV block free longest (and still resident) is due to be given back (monotonic nanoseconds).
     private func kvReleaseDue() -> UInt64? {
-        guard let delay = configuration.kvReleaseDelay, let pool = kvPool, let since = pool.oldestResidentFreeTime else { return nil }
-        return since + UInt64(max(0, delay) * 1e9)
+        guard let d = kvReleaseDelayNanos, let since = kvPool?.oldestResidentFreeTime else { return nil }
+        return since + d
     }
 
     /// Gives back the pages of KV blocks free for longer than the configured delay; true if any were.
     private func releaseIdleKVMemory() -> Bool {
-        guard let delay = configuration.kvReleaseDelay, let pool = kvPool else { return false }
-        let now = DispatchTime.now().uptimeNanoseconds, d = UInt64(max(0, delay) * 1e9)
+        guard let d = kvReleaseDelayNanos, let pool = kvPool else { return false }
+        let now = DispatchTime.now().uptimeNanoseconds
         return now >= d && pool.releaseIdleMemory(freedBefore: now - d) > 0
     }
 
@@ -346,14 +349,15 @@ public final class Engine: @unchecked Sendable {
             }
             row += rows.count
             guard c.sample, !s.finished else { continue }
+            let chunkLogits = logits + (row - rows.count) * vocab
             // Corrupt weights or an overflow upstream: sampling NaN would emit arbitrary tokens as if all were well.
-            if let bad = firstNonFinite(logits + (row - rows.count) * vocab, count: rows.count * vocab) {
+            if let bad = firstNonFinite(chunkLogits, count: rows.count * vocab) {
                 s.request.onEvent(.failed("the model produced a non-finite logit (\(bad)) at position \(c.start + c.count - 1)", .internalError))
                 drop(s.request)
                 continue
             }
             if !c.draft.isEmpty {
-                verify(s, chunk: c, rows: logits + (row - rows.count) * vocab, vocab: vocab, now: now)
+                verify(s, chunk: c, rows: chunkLogits, vocab: vocab, now: now)
                 continue
             }
             if !s.promptDone {
