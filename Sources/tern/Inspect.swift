@@ -47,13 +47,22 @@ struct InspectCommand: ParsableCommand, EnvironmentReadable {
         let rows = ck.tensors.values.sorted { a, b in
             tensorOrder(a.name) < tensorOrder(b.name)
         }
-        var total = 0
+        var total = 0, sparseCount = 0, stored = 0, weights = 0
         for t in rows {
             total += t.byteCount
             let shape = "[" + t.shape.map(String.init).joined(separator: ", ") + "]"
+            // Density: the share of weights that have a stored value; bytes per weight include indices and scales.
+            let density = t.sparse?.density ?? 1
+            if let sp = t.sparse { sparseCount += 1; stored += sp.storedWeights; weights += sp.rows * sp.columns }
+            let layout = t.sparse.map { "\($0.layout.name) \($0.valueType)" } ?? t.type.description
             print("  " + t.name.padding(toLength: max(32, t.name.count), withPad: " ", startingAt: 0) + " "
-                  + t.type.description.padding(toLength: 6, withPad: " ", startingAt: 0) + " "
-                  + shape.padding(toLength: 16, withPad: " ", startingAt: 0) + " \(t.byteCount) bytes")
+                  + layout.padding(toLength: 18, withPad: " ", startingAt: 0) + " "
+                  + shape.padding(toLength: 16, withPad: " ", startingAt: 0)
+                  + String(format: " %6.1f%% %6.3f B/w ", density * 100, Double(t.byteCount) / Double(max(1, t.elementCount)))
+                  + "\(t.byteCount) bytes")
+        }
+        if sparseCount > 0 {
+            print(String(format: "sparse: %d matrices, %.1f%% of their weights stored", sparseCount, 100 * Double(stored) / Double(weights)))
         }
         print(String(format: "total: %.1f MiB", Double(total) / 1_048_576))
     }

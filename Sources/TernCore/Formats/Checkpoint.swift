@@ -43,8 +43,15 @@ public final class Checkpoint: Sendable {
         self.architecture = arch
         var t: [String: WeightTensor] = [:]
         for info in g.tensors {
+            let data = g.file.base + info.fileOffset
+            // Tern's sparse matrices are I8 blobs under the dense tensor's name (docs/SPARSE_FORMATS.md).
+            if info.type == .i8, info.shape.count == 1, SparseMatrix.looksLikeBlob(data, byteCount: info.byteCount) {
+                let sparse = try SparseMatrix(blob: data, byteCount: info.byteCount, file: ggufPath, name: info.name)
+                t[info.name] = WeightTensor(name: info.name, sparse: sparse, data: data, owner: g.file)
+                continue
+            }
             t[info.name] = WeightTensor(name: info.name, type: info.type, shape: info.shape,
-                                        data: g.file.base + info.fileOffset, byteCount: info.byteCount, owner: g.file)
+                                        data: data, byteCount: info.byteCount, owner: g.file)
         }
         self.tensors = t
         self.tokenizerSpec = try TokenizerSpec(gguf: g)

@@ -33,9 +33,16 @@ public enum CheckpointConverter {
         public var fallbacks: [String]
     }
 
-    public static func convert(_ ck: Checkpoint, to target: GGMLType, output: String) throws -> Summary {
+    /// `sparsity`: prune the layers' projections and store them in Tern's sparse layouts (values of `target`);
+    /// `statistics`: input column norms for Wanda (required when the method is wanda).
+    public static func convert(_ ck: Checkpoint, to target: GGMLType, output: String, sparsity: SparsityOptions? = nil,
+                               statistics: ActivationStatistics? = nil) throws -> Summary {
         guard writableTypes.contains(target) else {
             throw CheckpointError(file: output, "cannot write tensor type \(target) (writable: \(writableTypes.map(\.description).joined(separator: ", ")))")
+        }
+        if let sp = sparsity {
+            if let why = sp.problem(valueType: target) { throw CheckpointError(file: output, why) }
+            if sp.method == .wanda && statistics == nil { throw CheckpointError(file: output, "Wanda pruning needs calibration statistics") }
         }
         var writer = GGUFWriter()
         var permuteHeads: [String: Int] = [:]
@@ -61,6 +68,12 @@ public enum CheckpointConverter {
             }
         }
         writer.set("general.file_type", .uint32(fileType(target)))
+        if let sp = sparsity {
+            writer.set("tern.sparsity.pattern", .string(sp.pattern.rawValue))
+            writer.set("tern.sparsity.target", .float32(Float(sp.sparsity)))
+            writer.set("tern.sparsity.method", .string(sp.method.rawValue))
+            if sp.pattern == .group { writer.set("tern.sparsity.group_rows", .uint32(UInt32(sp.groupRows))) }
+        }
 
         var fallbacks: [String] = []
         var total = 0
@@ -69,6 +82,13 @@ public enum CheckpointConverter {
             let t = ck.tensors[name]!
             guard t.type.isComputable else {
                 throw CheckpointError(file: ck.path, "tensor '\(name)' has unsupported tensor type \(t.type)")
+            }
+            if let sp = sparsity, SparsityOptions.prunes(tensor: name), t.shape.count == 2, t.columns % 32 == 0 {
+                let blob = try sparseBlob(t, options: sp, valueType: target, heads: permuteHeads[name],
+                                          norms: statistics?.columnNorms(tensor: name), output: output)
+                total += blob.count
+                writer.tensors.append(GGUFWriter.Tensor(name: name, type: .i8, shape: [blob.count], data: blob))
+                continue
             }
             var type = target
             if t.shape.count < 2 || t.shape.dropFirst().allSatisfy({ $0 == 1 }) {
@@ -87,8 +107,7 @@ public enum CheckpointConverter {
                 let outBase = out.baseAddress!
                 for r in 0..<rows {
                     src.withUnsafeMutableBufferPointer { buf in
-                        tern_dequantize_row(Int32(t.type.rawValue), t.data + sourceRow(r, rows: rows, heads: heads) * t.rowBytes,
-                                            buf.baseAddress!, Int64(columns))
+                        t.dequantizeRow(sourceRow(r, rows: rows, heads: heads), into: buf.baseAddress!)
                     }
                     let rc = src.withUnsafeBufferPointer { buf in
                         tern_quantize_row(Int32(outType.rawValue), buf.baseAddress!, outBase + r * rowBytes, Int64(columns))
@@ -99,6 +118,33 @@ public enum CheckpointConverter {
         }
         try writer.write(to: output)
         return Summary(tensors: names.count, bytes: total, fallbacks: fallbacks)
+    }
+
+    /// A pruned matrix as a sparse blob. Held in memory whole: the file's header needs its size, which an
+    /// unstructured matrix only knows once encoded.
+    static func sparseBlob(_ t: WeightTensor, options sp: SparsityOptions, valueType: GGMLType, heads: Int?,
+                           norms: [Float]?, output: String) throws -> Data {
+        if sp.method == .wanda && norms == nil {
+            throw CheckpointError(file: output, "no calibration statistics reached '\(t.name)'")
+        }
+        let rows = t.rows, columns = t.columns
+        var writer = SparseMatrixWriter(layout: sp.pattern.layout, valueType: valueType, rows: rows, columns: columns,
+                                        keptChunks: sp.pattern == .group ? sp.keptChunks(columns: columns) : 0)
+        let step = sp.pattern == .group ? sp.groupRows : 1
+        var block = [Float](repeating: 0, count: step * columns)
+        for r0 in stride(from: 0, to: rows, by: step) {
+            let n = min(step, rows - r0)
+            try block.withUnsafeMutableBufferPointer { b in
+                for i in 0..<n { t.dequantizeRow(sourceRow(r0 + i, rows: rows, heads: heads), into: b.baseAddress! + i * columns) }
+                let keep = Pruner.keep(b.baseAddress!, rows: n, columns: columns, options: sp, norms: norms)
+                try keep.withUnsafeBufferPointer { k in
+                    for i in 0..<n where !writer.append(b.baseAddress! + i * columns, keep: k.baseAddress! + i * columns) {
+                        throw CheckpointError(file: output, "'\(t.name)' row \(r0 + i) does not fit the \(sp.pattern.rawValue) layout")
+                    }
+                }
+            }
+        }
+        return writer.blob()
     }
 
     /// Which HF row lands at GGUF row `r` when Q/K rows are permuted for interleaved RoPE: within each head,

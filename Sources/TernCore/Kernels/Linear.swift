@@ -71,6 +71,7 @@ extension Linear {
     @inline(__always)
     static func quantizedProduct(_ w: WeightTensor, _ a: UnsafePointer<tern_q8_block>, m: Int,
                                  out: UnsafeMutablePointer<Float>, ldo: Int, _ lo: Int, _ hi: Int) {
+        if let s = w.sparse { s.multiply(a, m: m, out: out, ldo: ldo, lo, hi); return }
         let type = Int32(w.type.rawValue)
         if let p = w.packed, lo % Int(TERN_PACK_ROWS) == 0, hi % Int(TERN_PACK_ROWS) == 0 || hi == w.rows {
             tern_matmul_packed(type, p, Int64(w.rows), Int64(w.columns), a, Int64(m), out, Int64(ldo), Int64(lo), Int64(hi))

@@ -72,7 +72,7 @@ public final class LlamaModel: LanguageModel {
             guard t.elementCount == count else {
                 throw CheckpointError(file: path, "tensor '\(name)' has \(t.elementCount) values, expected \(count)")
             }
-            guard t.type.isComputable else { throw CheckpointError(file: path, "tensor '\(name)' has unsupported tensor type \(t.type)") }
+            guard t.type.isComputable, t.sparse == nil else { throw CheckpointError(file: path, "tensor '\(name)' has unsupported tensor type \(t.type)") }
             return Self.dequantize(t)
         }
         func optionalVector(_ name: String, count: Int) throws -> [Float]? {
@@ -87,6 +87,9 @@ public final class LlamaModel: LanguageModel {
         }
 
         tokenEmbedding = try matrix("token_embd.weight", columns: dim, rows: cfg.vocabularySize)
+        guard tokenEmbedding.sparse == nil else {
+            throw CheckpointError(file: path, "tensor 'token_embd.weight' is sparse; embedding lookups need a dense table")
+        }
         var layers: [Layer] = []
         for i in 0..<cfg.layerCount {
             let p = "blk.\(i)."
@@ -234,6 +237,7 @@ public final class LlamaModel: LanguageModel {
         for (li, layer) in layers.enumerated() {
             layer.attnNorm.withUnsafeBufferPointer { VectorOps.rmsNorm(x, weight: $0.baseAddress!, eps: cfg.rmsEpsilon, rows: m, n: dim, output: xn) }
             qa.quantize(xn, rows: m, columns: dim, pool: pool)
+            ws.activationStatistics?.add(xn, rows: m, columns: dim, layer: li, input: .attention)
             Linear.applyMany([(layer.wq, q), (layer.wk, k), (layer.wv, v)], input: xn, rows: m, quantized: qa, pool: pool)
             if let b = layer.bq { addBias(q, b, rows: m) }
             if let b = layer.bk { addBias(k, b, rows: m) }
@@ -251,6 +255,7 @@ public final class LlamaModel: LanguageModel {
                              headCount: cfg.headCount, kvHeadCount: cfg.kvHeadCount, headDim: cfg.headDim,
                              scale: cfg.queryScale, output: att, workspace: ws)
             qa.quantize(att, rows: m, columns: qDim, pool: pool)
+            ws.activationStatistics?.add(att, rows: m, columns: qDim, layer: li, input: .attentionOutput)
             Linear.apply(layer.wo, input: att, rows: m, quantized: qa, output: tmp, pool: pool)
             if let pn = layer.postAttentionNorm {
                 pn.withUnsafeBufferPointer { VectorOps.rmsNorm(tmp, weight: $0.baseAddress!, eps: cfg.rmsEpsilon, rows: m, n: dim, output: tmp) }
@@ -259,12 +264,14 @@ public final class LlamaModel: LanguageModel {
 
             layer.ffnNorm.withUnsafeBufferPointer { VectorOps.rmsNorm(x, weight: $0.baseAddress!, eps: cfg.rmsEpsilon, rows: m, n: dim, output: xn) }
             qa.quantize(xn, rows: m, columns: dim, pool: pool)
+            ws.activationStatistics?.add(xn, rows: m, columns: dim, layer: li, input: .feedForward)
             Linear.applyMany([(layer.gate, gate), (layer.up, up)], input: xn, rows: m, quantized: qa, pool: pool)
             switch cfg.activation {
             case .silu: VectorOps.swiglu(gate: gate, up: up, count: m * cfg.feedForwardLength)
             case .geluTanh: tern_geglu_tanh(gate, up, Int64(m * cfg.feedForwardLength))
             }
             qa.quantize(gate, rows: m, columns: cfg.feedForwardLength, pool: pool)
+            ws.activationStatistics?.add(gate, rows: m, columns: cfg.feedForwardLength, layer: li, input: .feedForwardDown)
             Linear.apply(layer.down, input: gate, rows: m, quantized: qa, output: tmp, pool: pool)
             if let pn = layer.postFFNNorm {
                 pn.withUnsafeBufferPointer { VectorOps.rmsNorm(tmp, weight: $0.baseAddress!, eps: cfg.rmsEpsilon, rows: m, n: dim, output: tmp) }

@@ -7,6 +7,8 @@ import Foundation
 public final class LlamaWorkspace: ModelWorkspace {
     public let maxTokens: Int
     public let pool: WorkerPool
+    /// When set, every forward pass adds each matrix's inputs here (calibration for Wanda pruning).
+    public var activationStatistics: ActivationStatistics?
     let x, xn, q, k, v, attention, tmp, gate, up: UnsafeMutablePointer<Float>
     let quantized: QuantizedActivations
     /// Logits of the rows asked for, vocabulary floats per row; grows when more rows are asked for.

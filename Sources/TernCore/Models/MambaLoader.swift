@@ -66,6 +66,9 @@ extension MambaModel {
             guard t.type.isComputable else {
                 throw CheckpointError(file: path, "tensor '\(t.name)' has unsupported tensor type \(t.type)")
             }
+            guard t.sparse == nil else {
+                throw CheckpointError(file: path, "tensor '\(t.name)' is sparse; Tern's Mamba reads dense tensors only")
+            }
             return t
         }
 

@@ -17,6 +17,10 @@ public struct WeightTensor: @unchecked Sendable {
     /// has one for this type; matrix products then read only this copy.
     public private(set) var packed: UnsafeRawPointer?
     private var packedOwner: AnyObject?
+    /// Set when products go through the sparse kernels (Linear checks it first): for Tern's sparse tensors
+    /// `data` is the blob and `type` the type of its stored values, and only `dequantizeRow` may read them; for a
+    /// dense matrix found to have whole zero chunks at load, `data` stays the dense original.
+    public private(set) var sparse: SparseMatrix?
 
     public init(name: String, type: GGMLType, shape: [Int], data: UnsafeRawPointer, byteCount: Int, owner: AnyObject) {
         self.name = name
@@ -27,11 +31,33 @@ public struct WeightTensor: @unchecked Sendable {
         self.owner = owner
     }
 
+    /// A sparse matrix read from a blob (see SparseMatrix).
+    init(name: String, sparse: SparseMatrix, data: UnsafeRawPointer, owner: AnyObject) {
+        self.init(name: name, type: sparse.valueType, shape: [sparse.columns, sparse.rows], data: data,
+                  byteCount: sparse.blobBytes, owner: owner)
+        self.sparse = sparse
+    }
+
     /// A copy of this matrix that also carries the packed layout, if the active kernel path packs its type.
     /// Packing happens once at load; afterwards the mapped original pages of the matrix are released from
     /// memory (they come back from the file only if something reads them again, e.g. embedding lookups).
     public func packedForCompute() -> WeightTensor {
+        if let s = sparse {
+            guard let p = s.packed() else { return self }
+            var copy = self
+            copy.sparse = p
+            // The octet layout holds every value again; the index section stays in use.
+            if owner is MappedFile { Self.releasePages(data + s.valuesOffset, s.valuesBytes) }
+            return copy
+        }
         guard shape.count == 2, !type.isFloat, packed == nil else { return self }
+        // Pruned but stored dense: run the nonzero chunks only, when that skips enough of them.
+        if let found = SparseMatrix.groupSparse(fromDense: self), let p = found.packed() {
+            var copy = self
+            copy.sparse = p
+            if owner is MappedFile { Self.releasePages(data, byteCount) }
+            return copy
+        }
         let size = tern_packed_size(Int32(type.rawValue), Int64(rows), Int64(columns))
         guard size > 0 else { return self }
         let buffer = OwnedBuffer(size: Int(size))
@@ -53,6 +79,12 @@ public struct WeightTensor: @unchecked Sendable {
         let end = (Int(bitPattern: p) + count) / page * page
         guard end > start else { return }
         _ = madvise(UnsafeMutableRawPointer(bitPattern: start), end - start, MADV_DONTNEED)
+    }
+
+    /// Row r as `columns` floats, whatever the storage (dense types or a sparse blob).
+    public func dequantizeRow(_ r: Int, into dst: UnsafeMutablePointer<Float>) {
+        if let s = sparse { s.dequantizeRow(r, into: dst); return }
+        tern_dequantize_row(Int32(type.rawValue), data + r * rowBytes, dst, Int64(columns))
     }
 
     public var elementCount: Int { shape.reduce(1, *) }
