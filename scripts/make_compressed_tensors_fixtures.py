@@ -20,6 +20,11 @@ Files written to Tests/Fixtures/compressed_tensors/
                     each pruned weight W becomes W.shape / .compressed / .bitmask / .row_offsets.
   sparse24-dense/   BF16; Linear weights pruned 2:4 (the 2 largest |w| of every 4 along a row are kept).
   sparse24/         the same weights in "sparse-24-bitmask": W.shape / .compressed / .bitmask.
+  sparse24-fp8/     llm-compressor's "2:4 sparse FP8" layout: BF16 weights pruned 2:4, then quantized to FP8 E4M3
+                    per output channel (symmetric, static; scale = max|w| / 448 in BF16), saved with quantization
+                    format "float-quantized" (W.weight_scale) and sparsity "sparse-24-bitmask" on top (the
+                    .compressed values are F8_E4M3).
+  sparse24-fp8-dense/  what compressed-tensors' own decompressors give back for sparse24-fp8: BF16, plain.
 """
 
 import json
@@ -138,10 +143,50 @@ def build(name, dtype, torch_dtype, prune, compressor_cls, config_cls, seed):
                            v.view(torch.int16 if v.element_size() == 2 else torch.int32)), k
 
 
+def build_sparse24_fp8(seed):
+    from compressed_tensors.compressors import FloatQuantizationCompressor
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
+
+    w = {k: v.to(torch.bfloat16) for k, v in make_weights(seed).items()}
+    for p in linear_prefixes():
+        w[p + ".weight"] = prune_24(w[p + ".weight"])
+    scheme = QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(
+        num_bits=8, type="float", strategy="channel", symmetric=True, dynamic=False))
+    qconfig = QuantizationConfig(config_groups={"group_0": scheme}, format="float-quantized",
+                                 quantization_status="compressed", ignore=["lm_head"])
+    state = dict(w)
+    for p in linear_prefixes():
+        amax = w[p + ".weight"].float().abs().amax(dim=1, keepdim=True)
+        state[p + ".weight_scale"] = (amax / 448.0).to(torch.bfloat16)
+    quantizer = FloatQuantizationCompressor(config=qconfig)
+    quantized = quantizer.compress(state, names_to_scheme={p: scheme for p in linear_prefixes()})
+    sconfig = Sparse24BitMaskConfig(targets=["Linear"], ignore=["lm_head"], global_sparsity=global_sparsity(w))
+    sparsifier = Sparse24BitMaskCompressor(config=sconfig)
+    compressed = sparsifier.compress(quantized, compression_targets=linear_prefixes())
+    assert compressed["model.layers.0.mlp.up_proj.compressed"].dtype == torch.float8_e4m3fn
+    d = os.path.join(OUT, "sparse24-fp8")
+    write_dir(d, compressed, hf_config("bfloat16"))
+    ModelCompressor(sparsity_config=sconfig, quantization_config=qconfig).update_config(d)
+
+    # The dense twin is the library's own reading of what was saved: sparsity undone, then dequantized.
+    back = dict(sparsifier.decompress(d))
+    dense = {}
+    for k, v in back.items():
+        p = k[: -len(".weight")]
+        if k.endswith(".weight") and p in linear_prefixes():
+            dense[k] = quantizer.decompress_weight({"weight": v, "weight_scale": back[p + ".weight_scale"]})
+            assert dense[k].dtype == torch.bfloat16
+        elif not k.endswith(".weight_scale"):
+            dense[k] = v
+    assert set(dense) == set(w)
+    write_dir(d + "-dense", dense, hf_config("bfloat16"))
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     build("bitmask", torch.float16, "float16", prune_unstructured, BitmaskCompressor, BitmaskConfig, seed=11)
     build("sparse24", torch.bfloat16, "bfloat16", prune_24, Sparse24BitMaskCompressor, Sparse24BitMaskConfig, seed=12)
+    build_sparse24_fp8(seed=13)
     for d in sorted(os.listdir(OUT)):
         full = os.path.join(OUT, d)
         if os.path.isdir(full):
