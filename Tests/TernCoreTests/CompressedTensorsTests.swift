@@ -11,6 +11,9 @@ final class CompressedTensorsTests: XCTestCase {
     static let pairs: [(compressed: String, dense: String, format: CompressedTensors.SparsityFormat)] = [
         ("compressed_tensors/bitmask", "compressed_tensors/bitmask-dense", .bitmask),
         ("compressed_tensors/sparse24", "compressed_tensors/sparse24-dense", .bitmask24),
+        // FP8 values under the 2:4 bitmask, dequantized with per-channel BF16 scales; the dense twin is what
+        // compressed-tensors' own decompressors made of the same file.
+        ("compressed_tensors/sparse24-fp8", "compressed_tensors/sparse24-fp8-dense", .bitmask24),
     ]
 
     func testDecompressedTensorsEqualTheDensePrunedCheckpoint() throws {
@@ -24,6 +27,7 @@ final class CompressedTensorsTests: XCTestCase {
             let compressed = try Checkpoint.open(path: path)
             let dense = try Checkpoint.open(path: TestPaths.fixture(pair.dense))
             XCTAssertEqual(compressed.compression?.sparsity, pair.format)
+            XCTAssertEqual(compressed.compression?.quantizationFormat, pair.compressed.hasSuffix("fp8") ? "float-quantized" : nil)
             XCTAssertNil(dense.compression)
             XCTAssertEqual(Set(compressed.tensors.keys), Set(dense.tensors.keys), pair.compressed)
             XCTAssertTrue(compressed.tensors.keys.contains("blk.0.ffn_up.weight"))
@@ -65,6 +69,49 @@ final class CompressedTensorsTests: XCTestCase {
         }
     }
 
+    func testIntegerGroupQuantizationWithZeroPointsAndGroupIndex() throws {
+        // No fixture writer covers int8 groups with g_idx cheaply, so the test builds one: layer 0's q_proj
+        // (32×32) becomes I8 values with F16 scales and I8 zero points in 4 groups of 8 columns, the columns
+        // assigned to groups out of order.
+        let dir = try copy("compressed_tensors/bitmask")
+        try editConfig(dir) { q in
+            q["format"] = "int-quantized"
+            q["config_groups"] = ["group_0": ["targets": ["Linear"], "weights": ["num_bits": 8, "type": "int", "strategy": "group", "group_size": 8]]]
+        }
+        let st = dir + "/model.safetensors"
+        var tensors = try readTensors(st)
+        let w = "model.layers.0.self_attn.q_proj"
+        for c in ["shape", "compressed", "bitmask", "row_offsets"] { tensors[w + "." + c] = nil }
+        let rows = 32, columns = 32, groups = 4
+        let q = (0..<(rows * columns)).map { Int8(truncatingIfNeeded: ($0 * 37) % 255 - 127) }
+        let scales = (0..<(rows * groups)).map { Float16(Float($0 % 13 + 1) / 64) }
+        let zeros = (0..<(rows * groups)).map { Int8($0 % 7 - 3) }
+        let groupOf = (0..<columns).map { Int32(($0 * 3) % groups) }   // 0,3,2,1,0,...: 8 columns each
+        tensors[w + ".weight"] = RawTensor(dtype: "I8", shape: [rows, columns], bytes: q.map { UInt8(bitPattern: $0) })
+        tensors[w + ".weight_scale"] = RawTensor(dtype: "F16", shape: [rows, groups],
+                                                 bytes: scales.flatMap { [UInt8($0.bitPattern & 0xFF), UInt8($0.bitPattern >> 8)] })
+        tensors[w + ".weight_zero_point"] = RawTensor(dtype: "I8", shape: [rows, groups], bytes: zeros.map { UInt8(bitPattern: $0) })
+        tensors[w + ".weight_g_idx"] = RawTensor(dtype: "I32", shape: [columns],
+                                                 bytes: groupOf.flatMap { v in (0..<4).map { UInt8(truncatingIfNeeded: v >> (8 * $0)) } })
+        try writeTensors(tensors, to: st)
+
+        let ck = try Checkpoint.open(path: dir)
+        let t = try XCTUnwrap(ck.tensors["blk.0.attn_q.weight"])
+        XCTAssertEqual(t.type, .f16)
+        XCTAssertEqual(t.shape, [columns, rows])
+        for r in 0..<rows {
+            for c in 0..<columns {
+                let g = r * groups + Int(groupOf[c])
+                // Small integers are exact in F16, so only the product rounds.
+                let expected = Float16((Float(q[r * columns + c]) - Float(zeros[g])) * Float(scales[g]))
+                let got = Float16(bitPattern: t.data.load(fromByteOffset: (r * columns + c) * 2, as: UInt16.self))
+                XCTAssertEqual(got.bitPattern, expected.bitPattern, "row \(r) column \(c)")
+            }
+        }
+        XCTAssertFalse(ck.tensors.keys.contains { $0.contains("weight_") })
+        XCTAssertNotNil(ck.tensors["blk.0.attn_k.weight"])   // still the sparse group
+    }
+
     // MARK: config.json
 
     func testDenseQuantizationFormatLoadsWithSparsity() throws {
@@ -96,8 +143,11 @@ final class CompressedTensorsTests: XCTestCase {
             ("quantized", { q in var q = q; q["format"] = "pack-quantized"
                             q["config_groups"] = ["group_0": ["targets": ["Linear"]]]; return q }, "'pack-quantized'"),
             ("group", { q in var q = q; q["format"] = "mixed-precision"
-                        q["config_groups"] = ["group_0": ["targets": ["Linear"], "format": "float-quantized"]]; return q },
-             "'float-quantized'"),
+                        q["config_groups"] = ["group_0": ["targets": ["Linear"], "format": "float-quantized"],
+                                              "group_1": ["targets": ["Linear"], "format": "marlin-24"]]; return q },
+             "'marlin-24'"),
+            ("mixed", { q in var q = q; q["format"] = "mixed-precision"; q["config_groups"] = ["group_0": ["targets": ["Linear"]]]; return q },
+             "'mixed-precision'"),
             ("sparsity", { q in var q = q; var s = q["sparsity_config"] as! [String: Any]
                            s["format"] = "sparse-bogus"; q["sparsity_config"] = s; return q }, "'sparse-bogus'"),
             ("noformat", { q in var q = q; var s = q["sparsity_config"] as! [String: Any]
@@ -134,7 +184,9 @@ final class CompressedTensorsTests: XCTestCase {
             ("3-d shape", { t in t[w + ".shape"] = RawTensor(dtype: "I64", shape: [3], int64s: [32, 44, 1]) }, "not a matrix shape"),
             ("float shape", { t in t[w + ".shape"]!.dtype = "F64" }, "expected integers"),
             ("float bitmask", { t in t[w + ".bitmask"]!.dtype = "F16"; t[w + ".bitmask"]!.shape = [32, 3] }, "expected U8"),
-            ("fp8 values", { t in t[w + ".compressed"]!.dtype = "F8_E4M3"; t[w + ".compressed"]!.shape = [1408] }, "F8_E4M3"),
+            ("fp8 values without a scale", { t in t[w + ".compressed"]!.dtype = "F8_E4M3"; t[w + ".compressed"]!.bytes.removeLast(704) },
+             "holds F8_E4M3 values and no weight_scale"),
+            ("f64 values", { t in t[w + ".compressed"]!.dtype = "F64"; t[w + ".compressed"]!.shape = [176] }, "has dtype F64"),
             ("dense and compressed", { t in t[w + ".weight"] = RawTensor(dtype: "F16", shape: [32, 44], bytes: [UInt8](repeating: 0, count: 32 * 44 * 2)) },
              "both dense and"),
         ]
@@ -153,6 +205,37 @@ final class CompressedTensorsTests: XCTestCase {
             ("odd columns", { t in t[w + ".shape"] = RawTensor(dtype: "I64", shape: [2, 1], int64s: [32, 30]) }, "not a multiple of 4"),
         ]
         try checkDamaged("compressed_tensors/sparse24", cases)
+    }
+
+    func testDamagedQuantizedCheckpointsAreErrors() throws {
+        let w = "model.layers.0.mlp.gate_proj"   // 44 rows
+        let cases: [(String, (inout [String: RawTensor]) -> Void, String)] = [
+            ("missing scale", { t in t[w + ".weight_scale"] = nil }, "holds F8_E4M3 values and no weight_scale"),
+            // [22, 2] would be valid blocks of 2×16; 32 columns do not split into 11.
+            ("scale blocks", { t in t[w + ".weight_scale"]!.shape = [4, 11] }, "does not fit the 44×32 weight"),
+            ("scale too many", { t in t[w + ".weight_scale"]!.shape = [2, 22] }, "does not fit"),
+            ("scale 3-d", { t in t[w + ".weight_scale"]!.shape = [44, 1, 1] }, "at most 2 dimensions"),
+            ("per-tensor scale of 44", { t in t[w + ".weight_scale"]!.shape = [44] }, "one value"),
+            ("integer scale", { t in t[w + ".weight_scale"]!.dtype = "I16" }, "expected F32, F16 or BF16"),
+            ("zero point count", { t in t[w + ".weight_zero_point"] = RawTensor(dtype: "I8", shape: [3], bytes: [0, 0, 0]) },
+             "has 3 values but the scale 44"),
+            ("global scale", { t in t[w + ".weight_global_scale"] = RawTensor(dtype: "F32", shape: [1], bytes: [0, 0, 128, 63]) },
+             "global"),
+            ("scale without weight", { t in t["model.layers.0.mlp.gate.weight_scale"] = t[w + ".weight_scale"] }, "has no weight"),
+            ("uneven g_idx", { t in
+                t[w + ".weight_scale"] = RawTensor(dtype: "BF16", shape: [44, 4], bytes: Array(repeating: [0x80, 0x3F], count: 176).flatMap { $0 })
+                t[w + ".weight_g_idx"] = RawTensor(dtype: "I32", shape: [32], int32s: Array(repeating: 0, count: 32)) },
+             "does not give each of the 4 groups 8 columns"),
+            ("g_idx out of range", { t in
+                t[w + ".weight_scale"] = RawTensor(dtype: "BF16", shape: [44, 4], bytes: Array(repeating: [0x80, 0x3F], count: 176).flatMap { $0 })
+                t[w + ".weight_g_idx"] = RawTensor(dtype: "I32", shape: [32], int32s: (0..<32).map { $0 == 5 ? 9 : Int32($0 % 4) }) },
+             "names group 9 of 4"),
+            ("short g_idx", { t in
+                t[w + ".weight_scale"] = RawTensor(dtype: "BF16", shape: [44, 4], bytes: Array(repeating: [0x80, 0x3F], count: 176).flatMap { $0 })
+                t[w + ".weight_g_idx"] = RawTensor(dtype: "I32", shape: [31], int32s: Array(repeating: 0, count: 31)) },
+             "expected [32]"),
+        ]
+        try checkDamaged("compressed_tensors/sparse24-fp8", cases)
     }
 
     func testTruncatedFileIsAnError() throws {
@@ -183,6 +266,9 @@ final class CompressedTensorsTests: XCTestCase {
         init(dtype: String, shape: [Int], bytes: [UInt8]) { self.dtype = dtype; self.shape = shape; self.bytes = bytes }
         init(dtype: String, shape: [Int], int64s: [Int64]) {
             self.init(dtype: dtype, shape: shape, bytes: int64s.flatMap { v in (0..<8).map { UInt8(truncatingIfNeeded: v >> (8 * $0)) } })
+        }
+        init(dtype: String, shape: [Int], int32s: [Int32]) {
+            self.init(dtype: dtype, shape: shape, bytes: int32s.flatMap { v in (0..<4).map { UInt8(truncatingIfNeeded: v >> (8 * $0)) } })
         }
         mutating func setInt64(at index: Int, _ v: Int64) {
             for i in 0..<8 { bytes[index * 8 + i] = UInt8(truncatingIfNeeded: v >> (8 * i)) }

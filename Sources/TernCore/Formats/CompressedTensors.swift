@@ -1,15 +1,19 @@
 // compressed-tensors checkpoints (what llm-compressor saves): config.json's quantization_config names a sparsity
 // format, and each pruned weight W is stored as companion tensors W.shape, W.compressed, W.bitmask (and, for
-// sparse-bitmask, W.row_offsets) instead of W.weight.
+// sparse-bitmask, W.row_offsets) instead of W.weight; a quantized model stores W.weight as integers or FP8 beside
+// W.weight_scale (and W.weight_zero_point, W.weight_g_idx), sparsity applied on top of quantization when both are.
 //
-// This file reads that config and turns each such group back into the dense F32/F16/BF16 matrix the pruned model
-// had, once, at load time, under the weight's own name; Checkpoint then names it like any other tensor. Tern has no
-// sparse kernels, so the dense copy is what the matrix products read: a sparse checkpoint saves disk, not memory.
+// This file reads that config and turns each weight back into the dense F32/F16/BF16 matrix compressed-tensors' own
+// decompressors would give, once, at load time, under the weight's own name; Checkpoint then names it like any
+// other tensor. Tern has no sparse or FP8 kernels, so the dense copy is what the matrix products read: such a
+// checkpoint saves disk, not memory.
 //
-// Reads: sparsity formats "sparse-bitmask", "sparse-24-bitmask" and "dense", alone or with a quantization_config
-// whose weights are stored as plain floats (format "dense"). Quantized storage formats (int-quantized,
-// pack-quantized, float-quantized, ...) are refused with the format's name: their values are not floats.
-// Every inconsistency between the companions is a CheckpointError naming the file; nothing here may trap.
+// Reads: sparsity formats "sparse-bitmask", "sparse-24-bitmask" and "dense"; quantization formats "dense",
+// "int-quantized", "float-quantized" and "naive-quantized" (one stored value per weight). Packed formats
+// (pack-quantized, marlin-24, nvfp4-pack-quantized) are refused with the format's name. Activation and KV-cache
+// quantization parameters are dropped: Tern computes activations in float.
+// Every inconsistency between companions, scales and config is a CheckpointError naming the file; nothing here may
+// trap.
 
 import Foundation
 
@@ -73,13 +77,17 @@ public enum CompressedTensors {
             }
 
             let quantization = try Self.quantizationFormat(section ?? [:], configPath: configPath)
-            if let q = quantization, q != "dense" {
+            if let q = quantization, !Self.readableQuantizationFormats.contains(q) {
                 throw CheckpointError(file: configPath,
-                    "compressed-tensors quantization format '\(q)' is not supported (Tern reads weights stored as floats: format 'dense')")
+                    "compressed-tensors quantization format '\(q)' is not supported (Tern reads dense, int-quantized, float-quantized and naive-quantized)")
             }
             self.sparsity = sparsity
             self.quantizationFormat = quantization
         }
+
+        /// Formats whose weights are one value per element (floats, or integers/FP8 with scales), which Tern
+        /// dequantizes at load; packed formats (pack-quantized, marlin-24, nvfp4) need unpacking it does not do.
+        static let readableQuantizationFormats: Set<String> = ["dense", "int-quantized", "float-quantized", "naive-quantized"]
 
         /// The storage format of the quantized weights, nil when nothing is quantized. A per-group format
         /// (mixed-precision checkpoints) counts too: one group in a format we cannot read spoils the whole model.
@@ -89,12 +97,12 @@ public enum CompressedTensors {
             for (_, g) in groups.sorted(by: { $0.key < $1.key }) {
                 if let f = (g as? [String: Any])?["format"] as? String { formats.append(f) }
             }
-            if let f = section["format"] as? String { formats.append(f) }
+            // A mixed-precision checkpoint's own format names no storage; its groups' formats do.
+            if let f = section["format"] as? String, f != "mixed-precision" || formats.isEmpty { formats.append(f) }
             if formats.isEmpty && !groups.isEmpty {
                 throw CheckpointError(file: configPath, "quantization_config has config_groups but no format")
             }
-            // Groups first: a mixed-precision checkpoint's own format names no storage, its groups' formats do.
-            return formats.first { $0 != "dense" } ?? formats.first
+            return formats.first { !readableQuantizationFormats.contains($0) } ?? formats.first { $0 != "dense" } ?? formats.first
         }
     }
 
@@ -104,20 +112,71 @@ public enum CompressedTensors {
         let file: SafetensorsFile
     }
 
-    /// Replaces every compressed group in `tensors` (HF name → stored tensor) by its dense weight, returned under the
-    /// HF name "<prefix>.weight"; the companions are removed from `tensors`, so what remains loads as usual.
+    /// A dense matrix of any element type: a sparse group after decompression, or a stored quantized weight, on its
+    /// way to becoming a float WeightTensor.
+    struct Matrix {
+        let dtype: String
+        let rows: Int
+        let columns: Int
+        let data: UnsafeRawPointer
+        let owner: AnyObject
+        /// The file errors about this matrix name: the one holding its values.
+        let file: String
+    }
+
+    /// Replaces every compressed group and quantized weight in `tensors` (HF name → stored tensor) by its dense float
+    /// weight, returned under the HF name "<prefix>.weight"; what it consumed is removed from `tensors`, so what
+    /// remains (norms, embeddings, unpruned layers) loads as usual.
     static func decompress(_ tensors: inout [String: Stored], settings: Settings) throws -> [String: WeightTensor] {
-        if settings.quantizationFormat == "dense" {
-            // Scales and zero points of a dense-format quantized model only re-create its activation quantization,
-            // which Tern's float path does not do; the weights themselves are already the quantized values.
+        var matrices: [String: Matrix] = [:]
+        if let format = settings.sparsity, format != .dense {
+            matrices = try decompressSparse(&tensors, format: format)
+        }
+        if settings.quantizationFormat != nil {
+            // Sparsity is applied on top of quantization when saving, so the quantized values come out of the
+            // sparse groups above and are dequantized here.
+            for scaleName in tensors.keys.sorted() where scaleName.hasSuffix(".weight_scale") {
+                let prefix = String(scaleName.dropLast(".weight_scale".count)), weightName = prefix + ".weight"
+                let scale = tensors[scaleName]!
+                let weight: Matrix
+                if let m = matrices[weightName] {
+                    weight = m
+                } else if let stored = tensors[weightName] {
+                    if floatType(stored.info.dtype) != nil { continue }
+                    weight = try matrix(stored)
+                } else {
+                    throw CheckpointError(file: scale.file.path, "'\(scaleName)' has no weight '\(weightName)' to scale")
+                }
+                // A dense-format model stores its weights already rounded to the quantization grid, as floats.
+                if floatType(weight.dtype) != nil { continue }
+                if let g = tensors[prefix + ".weight_global_scale"] {
+                    throw CheckpointError(file: g.file.path, "'\(g.info.name)': two-level (global) weight scales are not supported")
+                }
+                matrices[weightName] = try dequantize(weight, name: weightName, scale: scale,
+                                                      zeroPoint: tensors[prefix + ".weight_zero_point"],
+                                                      groupIndex: tensors[prefix + ".weight_g_idx"])
+                tensors[weightName] = nil
+            }
+            // What is left of the quantization parameters only re-creates activation (or KV) quantization, which
+            // Tern's float path does not do.
             for name in tensors.keys {
                 if let last = name.split(separator: ".").last, quantizationParameters.contains(String(last)) {
                     tensors[name] = nil
                 }
             }
         }
-        guard let format = settings.sparsity, format != .dense else { return [:] }
+        var out: [String: WeightTensor] = [:]
+        for (name, m) in matrices {
+            guard let type = floatType(m.dtype) else {
+                throw CheckpointError(file: m.file, "tensor '\(name)' holds \(m.dtype) values and no weight_scale to dequantize them with")
+            }
+            out[name] = WeightTensor(name: name, type: type, shape: [m.columns, m.rows], data: m.data,
+                                     byteCount: m.rows * m.columns * elementSizes[m.dtype]!, owner: m.owner)
+        }
+        return out
+    }
 
+    private static func decompressSparse(_ tensors: inout [String: Stored], format: SparsityFormat) throws -> [String: Matrix] {
         // Group by prefix every tensor that ends in any companion name, so a companion of the other format is an
         // error rather than a stray tensor that fails later with a less helpful message.
         let allCompanions = ["shape", "compressed", "bitmask", "row_offsets"]
@@ -127,7 +186,7 @@ public enum CompressedTensors {
                 groups[String(name.dropLast(c.count + 1)), default: [:]][c] = stored
             }
         }
-        var out: [String: WeightTensor] = [:]
+        var out: [String: Matrix] = [:]
         for (prefix, parts) in groups.sorted(by: { $0.key < $1.key }) {
             let any = parts.values.sorted { $0.info.name < $1.info.name }[0]
             for c in allCompanions where parts[c] != nil && !format.companions.contains(c) {
@@ -155,7 +214,28 @@ public enum CompressedTensors {
         "output_scale", "output_zero_point", "k_scale", "v_scale",
     ]
 
-    private static func decompressGroup(prefix: String, parts: [String: Stored], format: SparsityFormat) throws -> WeightTensor {
+    /// Element sizes of the dtypes a matrix may hold: floats, and the integer and FP8 values of quantized weights.
+    static let elementSizes: [String: Int] = ["F32": 4, "F16": 2, "BF16": 2, "I8": 1, "I16": 2, "I32": 4, "F8_E4M3": 1]
+
+    static func floatType(_ dtype: String) -> GGMLType? {
+        switch dtype {
+        case "F32": return .f32
+        case "F16": return .f16
+        case "BF16": return .bf16
+        default: return nil
+        }
+    }
+
+    /// A stored 2-D weight as a Matrix, in place (no copy).
+    private static func matrix(_ t: Stored) throws -> Matrix {
+        guard t.info.shape.count == 2, elementSizes[t.info.dtype] != nil else {
+            throw CheckpointError(file: t.file.path, "quantized weight '\(t.info.name)' is \(t.info.dtype) \(t.info.shape), not a matrix Tern can dequantize")
+        }
+        return Matrix(dtype: t.info.dtype, rows: t.info.shape[0], columns: t.info.shape[1],
+                      data: t.file.file.base + t.info.fileOffset, owner: t.file.file, file: t.file.path)
+    }
+
+    private static func decompressGroup(prefix: String, parts: [String: Stored], format: SparsityFormat) throws -> Matrix {
         let shapeT = parts["shape"]!, values = parts["compressed"]!, mask = parts["bitmask"]!
         // sparse-bitmask stores the shape as [2], sparse-24-bitmask as [2, 1]: either way two integers.
         let dims = try integers(shapeT)
@@ -168,16 +248,11 @@ public enum CompressedTensors {
             throw CheckpointError(file: shapeT.file.path, "tensor '\(shapeT.info.name)' holds an absurd shape \(dims)")
         }
 
-        let type: GGMLType
-        switch values.info.dtype {
-        case "F32": type = .f32
-        case "F16": type = .f16
-        case "BF16": type = .bf16
-        default:
+        // Quantized values (integers, FP8) are copied as they are; decompress() dequantizes them afterwards.
+        guard let elementSize = elementSizes[values.info.dtype] else {
             throw CheckpointError(file: values.file.path,
-                "tensor '\(values.info.name)' has dtype \(values.info.dtype); Tern decompresses only F32, F16 and BF16 values")
+                "tensor '\(values.info.name)' has dtype \(values.info.dtype); Tern decompresses F32, F16, BF16, I8, I16, I32 and F8_E4M3 values")
         }
-        let elementSize = type == .f32 ? 4 : 2
 
         let bytesPerRow = (columns + 7) / 8
         guard mask.info.dtype == "U8" || mask.info.dtype == "I8" else {
@@ -262,8 +337,141 @@ public enum CompressedTensors {
                 }
             }
         }
-        return WeightTensor(name: prefix + ".weight", type: type, shape: [columns, rows],
-                            data: UnsafeRawPointer(buffer.pointer), byteCount: elements * elementSize, owner: buffer)
+        return Matrix(dtype: values.info.dtype, rows: rows, columns: columns, data: UnsafeRawPointer(buffer.pointer),
+                      owner: buffer, file: values.file.path)
+    }
+
+    /// Weight = (q − zero point) × scale, in the scale's dtype, as compressed-tensors' dequantize computes it: each
+    /// step rounded to that dtype (torch's CPU arithmetic on F16/BF16 is float arithmetic rounded per operation), so
+    /// the result is the same bits its own decompressor gives. The strategy is read off the scale's shape as
+    /// dequantize infers it: one value (tensor), [rows, 1] (channel), [rows or 1, groups] (group, optionally
+    /// reordered by g_idx), anything else [row blocks, column blocks] (block).
+    private static func dequantize(_ w: Matrix, name: String, scale: Stored, zeroPoint: Stored?, groupIndex: Stored?) throws -> Matrix {
+        guard let outType = floatType(scale.info.dtype) else {
+            throw CheckpointError(file: scale.file.path, "tensor '\(scale.info.name)' has dtype \(scale.info.dtype), expected F32, F16 or BF16")
+        }
+        let rows = w.rows, columns = w.columns
+        let scales = try floats(scale)
+        let shape = scale.info.shape
+        // index(r, c) → position in `scales`.
+        let index: (Int, Int) -> Int
+        func bad(_ why: String) -> CheckpointError {
+            CheckpointError(file: scale.file.path, "tensor '\(scale.info.name)' of shape \(shape) does not fit the \(rows)×\(columns) weight: \(why)")
+        }
+        if shape.count <= 1 {
+            guard scales.count == 1 else { throw bad("a per-tensor scale has one value") }
+            index = { _, _ in 0 }
+        } else if shape.count == 2 {
+            let a = shape[0], b = shape[1]
+            if b == 1 {
+                guard a == rows || a == 1 else { throw bad("a per-channel scale has one value per row") }
+                index = a == 1 ? { _, _ in 0 } : { r, _ in r }
+            } else if a == 1 || a == rows {
+                guard b > 0, columns % b == 0 else { throw bad("the columns do not split into \(b) equal groups") }
+                let groupSize = columns / b, rowStride = a == 1 ? 0 : b
+                if let g = groupIndex {
+                    guard g.info.shape == [columns] else {
+                        throw CheckpointError(file: g.file.path, "tensor '\(g.info.name)' has shape \(g.info.shape), expected [\(columns)]")
+                    }
+                    let groups = try integers(g)
+                    // compressed-tensors saves no g_idx that still holds its -1 placeholder, so every entry is a group.
+                    var counts = [Int](repeating: 0, count: b)
+                    for x in groups {
+                        guard x >= 0, x < b else {
+                            throw CheckpointError(file: g.file.path, "tensor '\(g.info.name)' names group \(x) of \(b)")
+                        }
+                        counts[x] += 1
+                    }
+                    guard counts.allSatisfy({ $0 == groupSize }) else {
+                        throw CheckpointError(file: g.file.path, "tensor '\(g.info.name)' does not give each of the \(b) groups \(groupSize) columns")
+                    }
+                    index = { r, c in r * rowStride + groups[c] }
+                } else {
+                    index = { r, c in r * rowStride + c / groupSize }
+                }
+            } else {
+                guard a > 0, b > 0, rows % a == 0, columns % b == 0 else { throw bad("the matrix does not split into \(a)×\(b) blocks") }
+                let blockRows = rows / a, blockColumns = columns / b
+                index = { r, c in (r / blockRows) * b + c / blockColumns }
+            }
+        } else {
+            throw bad("scales have at most 2 dimensions")
+        }
+        var zeros: [Float]?
+        if let z = zeroPoint {
+            let values = try floats(z)
+            guard values.count == scales.count else {
+                throw CheckpointError(file: z.file.path, "tensor '\(z.info.name)' has \(values.count) values but the scale \(scales.count)")
+            }
+            zeros = values.map { round($0, to: outType) }
+        }
+        let q = try values(w, name: name)
+        let outSize = elementSizes[scale.info.dtype]!
+        let buffer = OwnedBuffer(size: rows * columns * outSize)
+        for r in 0..<rows {
+            for c in 0..<columns {
+                let i = index(r, c)
+                var v = round(q(r * columns + c), to: outType)
+                if let zeros { v = round(v - zeros[i], to: outType) }
+                v = round(v * scales[i], to: outType)
+                let at = buffer.pointer + (r * columns + c) * outSize
+                switch outType {
+                case .f32: at.storeBytes(of: v, as: Float.self)
+                case .f16: at.storeBytes(of: Float16(v).bitPattern, as: UInt16.self)
+                default: at.storeBytes(of: UInt16(truncatingIfNeeded: v.bitPattern >> 16), as: UInt16.self)   // already BF16-exact
+                }
+            }
+        }
+        return Matrix(dtype: scale.info.dtype, rows: rows, columns: columns, data: UnsafeRawPointer(buffer.pointer),
+                      owner: buffer, file: w.file)
+    }
+
+    /// Rounds to the nearest value of a float dtype, ties to even, as torch does when it stores a result.
+    private static func round(_ x: Float, to type: GGMLType) -> Float {
+        switch type {
+        case .f16: return Float(Float16(x))
+        case .bf16:
+            if x.isNaN { return x }
+            let bits = x.bitPattern
+            let rounded = (bits &+ 0x7FFF &+ ((bits >> 16) & 1)) & 0xFFFF_0000
+            return Float(bitPattern: rounded)
+        default: return x
+        }
+    }
+
+    /// The quantized values of a matrix as exact Floats, element by element (row-major).
+    private static func values(_ m: Matrix, name: String) throws -> (Int) -> Float {
+        let p = m.data
+        switch m.dtype {
+        case "I8": return { Float(p.load(fromByteOffset: $0, as: Int8.self)) }
+        case "I16": return { Float(p.loadUnaligned(fromByteOffset: $0 * 2, as: Int16.self)) }
+        case "I32": return { Float(p.loadUnaligned(fromByteOffset: $0 * 4, as: Int32.self)) }
+        case "F8_E4M3": return { fp8e4m3(p.load(fromByteOffset: $0, as: UInt8.self)) }
+        default:
+            throw CheckpointError(file: m.file, "quantized weight '\(name)' has dtype \(m.dtype), which Tern cannot dequantize")
+        }
+    }
+
+    /// OCP FP8 E4M3 ("fn": no infinities, S.1111.111 is NaN), torch.float8_e4m3fn.
+    static func fp8e4m3(_ b: UInt8) -> Float {
+        let sign: Float = b & 0x80 != 0 ? -1 : 1
+        let e = Int((b >> 3) & 0xF), m = Float(b & 7)
+        if e == 15 && b & 7 == 7 { return .nan }
+        if e == 0 { return sign * m * 0x1p-9 }
+        return sign * (1 + m / 8) * Float(sign: .plus, exponent: e - 7, significand: 1)
+    }
+
+    /// A small float or integer tensor (scales, zero points) as exact Floats.
+    private static func floats(_ t: Stored) throws -> [Float] {
+        let count = t.info.shape.reduce(1, *)
+        let p = t.file.file.base + t.info.fileOffset
+        switch t.info.dtype {
+        case "F32": return (0..<count).map { p.loadUnaligned(fromByteOffset: $0 * 4, as: Float.self) }
+        case "F16": return (0..<count).map { Float(Float16(bitPattern: p.loadUnaligned(fromByteOffset: $0 * 2, as: UInt16.self))) }
+        case "BF16": return (0..<count).map { Float(bitPattern: UInt32(p.loadUnaligned(fromByteOffset: $0 * 2, as: UInt16.self)) << 16) }
+        case "F8_E4M3": return (0..<count).map { fp8e4m3(p.load(fromByteOffset: $0, as: UInt8.self)) }
+        default: return try integers(t).map { Float($0) }
+        }
     }
 
     /// A small integer tensor (shape, row offsets) as Ints, whatever integer dtype the writer chose.
