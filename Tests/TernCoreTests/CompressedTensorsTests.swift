@@ -69,47 +69,64 @@ final class CompressedTensorsTests: XCTestCase {
         }
     }
 
-    func testIntegerGroupQuantizationWithZeroPointsAndGroupIndex() throws {
-        // No fixture writer covers int8 groups with g_idx cheaply, so the test builds one: layer 0's q_proj
-        // (32×32) becomes I8 values with F16 scales and I8 zero points in 4 groups of 8 columns, the columns
-        // assigned to groups out of order.
+    func testIntegerQuantizationStrategies() throws {
+        // No fixture writer covers int8 strategies cheaply, so the test builds them: layer 0's q_proj (32×32) becomes
+        // I8 values with scales (and zero points) of each shape compressed-tensors' dequantize tells apart.
+        let groupOf = (0..<32).map { Int32(($0 * 3) % 4) }   // 0,3,2,1,0,...: 8 columns in each of 4 groups
+        try checkIntegerQuantization("tensor", scaleShape: [1], zeroPoints: false) { _, _ in 0 }
+        try checkIntegerQuantization("channel", scaleShape: [32, 1], zeroPoints: true) { r, _ in r }
+        try checkIntegerQuantization("channel, f32", scaleShape: [32, 1], zeroPoints: true, f32: true) { r, _ in r }
+        try checkIntegerQuantization("group", scaleShape: [32, 4], zeroPoints: true) { r, c in r * 4 + c / 8 }
+        try checkIntegerQuantization("shared group", scaleShape: [1, 4], zeroPoints: false) { _, c in c / 8 }
+        try checkIntegerQuantization("group with g_idx", scaleShape: [32, 4], zeroPoints: true, groupIndex: groupOf) { r, c in
+            r * 4 + Int(groupOf[c])
+        }
+        try checkIntegerQuantization("block", scaleShape: [4, 2], zeroPoints: false) { r, c in (r / 8) * 2 + c / 16 }
+    }
+
+    func checkIntegerQuantization(_ what: String, scaleShape: [Int], zeroPoints: Bool, f32: Bool = false, groupIndex: [Int32]? = nil,
+                                  scaleIndex: (Int, Int) -> Int) throws {
         let dir = try copy("compressed_tensors/bitmask")
         try editConfig(dir) { q in
             q["format"] = "int-quantized"
-            q["config_groups"] = ["group_0": ["targets": ["Linear"], "weights": ["num_bits": 8, "type": "int", "strategy": "group", "group_size": 8]]]
+            q["config_groups"] = ["group_0": ["targets": ["Linear"], "weights": ["num_bits": 8, "type": "int"]]]
         }
         let st = dir + "/model.safetensors"
         var tensors = try readTensors(st)
         let w = "model.layers.0.self_attn.q_proj"
         for c in ["shape", "compressed", "bitmask", "row_offsets"] { tensors[w + "." + c] = nil }
-        let rows = 32, columns = 32, groups = 4
+        let rows = 32, columns = 32, count = scaleShape.reduce(1, *)
         let q = (0..<(rows * columns)).map { Int8(truncatingIfNeeded: ($0 * 37) % 255 - 127) }
-        let scales = (0..<(rows * groups)).map { Float16(Float($0 % 13 + 1) / 64) }
-        let zeros = (0..<(rows * groups)).map { Int8($0 % 7 - 3) }
-        let groupOf = (0..<columns).map { Int32(($0 * 3) % groups) }   // 0,3,2,1,0,...: 8 columns each
+        let scales = (0..<count).map { Float16(Float($0 % 13 + 1) / 64) }
+        let zeros = (0..<count).map { zeroPoints ? Int8($0 % 7 - 3) : 0 }
         tensors[w + ".weight"] = RawTensor(dtype: "I8", shape: [rows, columns], bytes: q.map { UInt8(bitPattern: $0) })
-        tensors[w + ".weight_scale"] = RawTensor(dtype: "F16", shape: [rows, groups],
-                                                 bytes: scales.flatMap { [UInt8($0.bitPattern & 0xFF), UInt8($0.bitPattern >> 8)] })
-        tensors[w + ".weight_zero_point"] = RawTensor(dtype: "I8", shape: [rows, groups], bytes: zeros.map { UInt8(bitPattern: $0) })
-        tensors[w + ".weight_g_idx"] = RawTensor(dtype: "I32", shape: [columns],
-                                                 bytes: groupOf.flatMap { v in (0..<4).map { UInt8(truncatingIfNeeded: v >> (8 * $0)) } })
+        tensors[w + ".weight_scale"] = f32
+            ? RawTensor(dtype: "F32", shape: scaleShape, bytes: scales.flatMap { withUnsafeBytes(of: Float($0)) { Array($0) } })
+            : RawTensor(dtype: "F16", shape: scaleShape, bytes: scales.flatMap { withUnsafeBytes(of: $0.bitPattern) { Array($0) } })
+        if zeroPoints {
+            tensors[w + ".weight_zero_point"] = RawTensor(dtype: "I8", shape: scaleShape, bytes: zeros.map { UInt8(bitPattern: $0) })
+        }
+        if let groupIndex { tensors[w + ".weight_g_idx"] = RawTensor(dtype: "I32", shape: [columns], int32s: groupIndex) }
         try writeTensors(tensors, to: st)
 
         let ck = try Checkpoint.open(path: dir)
         let t = try XCTUnwrap(ck.tensors["blk.0.attn_q.weight"])
-        XCTAssertEqual(t.type, .f16)
-        XCTAssertEqual(t.shape, [columns, rows])
+        XCTAssertEqual(t.type, f32 ? .f32 : .f16, what)
+        XCTAssertEqual(t.shape, [columns, rows], what)
+        var wrong = 0
         for r in 0..<rows {
             for c in 0..<columns {
-                let g = r * groups + Int(groupOf[c])
-                // Small integers are exact in F16, so only the product rounds.
-                let expected = Float16((Float(q[r * columns + c]) - Float(zeros[g])) * Float(scales[g]))
-                let got = Float16(bitPattern: t.data.load(fromByteOffset: (r * columns + c) * 2, as: UInt16.self))
-                XCTAssertEqual(got.bitPattern, expected.bitPattern, "row \(r) column \(c)")
+                let i = scaleIndex(r, c)
+                // Small integers are exact in F16 and F32, so only the product rounds.
+                let product = (Float(q[r * columns + c]) - Float(zeros[i])) * Float(scales[i])
+                let got = f32 ? t.data.load(fromByteOffset: (r * columns + c) * 4, as: UInt32.self)
+                              : UInt32(t.data.load(fromByteOffset: (r * columns + c) * 2, as: UInt16.self))
+                if got != (f32 ? product.bitPattern : UInt32(Float16(product).bitPattern)) { wrong += 1 }
             }
         }
-        XCTAssertFalse(ck.tensors.keys.contains { $0.contains("weight_") })
-        XCTAssertNotNil(ck.tensors["blk.0.attn_k.weight"])   // still the sparse group
+        XCTAssertEqual(wrong, 0, "\(what): \(wrong) values differ")
+        XCTAssertFalse(ck.tensors.keys.contains { $0.contains("weight_") }, what)
+        XCTAssertEqual(ck.tensors["blk.0.attn_k.weight"]?.type, .f16, what)   // still the sparse group
     }
 
     // MARK: config.json

@@ -353,22 +353,23 @@ public enum CompressedTensors {
         let rows = w.rows, columns = w.columns
         let scales = try floats(scale)
         let shape = scale.info.shape
-        // index(r, c) → position in `scales`.
-        let index: (Int, Int) -> Int
         func bad(_ why: String) -> CheckpointError {
             CheckpointError(file: scale.file.path, "tensor '\(scale.info.name)' of shape \(shape) does not fit the \(rows)×\(columns) weight: \(why)")
         }
+        // The scale of element (r, c) is scales[(r / rowDivisor) * rowStride + columnIndex[c]].
+        var rowDivisor = 1, rowStride = 0
+        var columnIndex = [Int](repeating: 0, count: columns)
         if shape.count <= 1 {
             guard scales.count == 1 else { throw bad("a per-tensor scale has one value") }
-            index = { _, _ in 0 }
         } else if shape.count == 2 {
             let a = shape[0], b = shape[1]
             if b == 1 {
                 guard a == rows || a == 1 else { throw bad("a per-channel scale has one value per row") }
-                index = a == 1 ? { _, _ in 0 } : { r, _ in r }
+                rowStride = a == 1 ? 0 : 1
             } else if a == 1 || a == rows {
                 guard b > 0, columns % b == 0 else { throw bad("the columns do not split into \(b) equal groups") }
-                let groupSize = columns / b, rowStride = a == 1 ? 0 : b
+                let groupSize = columns / b
+                rowStride = a == 1 ? 0 : b
                 if let g = groupIndex {
                     guard g.info.shape == [columns] else {
                         throw CheckpointError(file: g.file.path, "tensor '\(g.info.name)' has shape \(g.info.shape), expected [\(columns)]")
@@ -382,17 +383,21 @@ public enum CompressedTensors {
                         }
                         counts[x] += 1
                     }
+                    // dequantize sorts the columns by group and reshapes them into equal groups: unequal ones
+                    // would be read with another group's scale there.
                     guard counts.allSatisfy({ $0 == groupSize }) else {
                         throw CheckpointError(file: g.file.path, "tensor '\(g.info.name)' does not give each of the \(b) groups \(groupSize) columns")
                     }
-                    index = { r, c in r * rowStride + groups[c] }
+                    columnIndex = groups
                 } else {
-                    index = { r, c in r * rowStride + c / groupSize }
+                    columnIndex = (0..<columns).map { $0 / groupSize }
                 }
             } else {
                 guard a > 0, b > 0, rows % a == 0, columns % b == 0 else { throw bad("the matrix does not split into \(a)×\(b) blocks") }
-                let blockRows = rows / a, blockColumns = columns / b
-                index = { r, c in (r / blockRows) * b + c / blockColumns }
+                rowDivisor = rows / a
+                rowStride = b
+                let blockColumns = columns / b
+                columnIndex = (0..<columns).map { $0 / blockColumns }
             }
         } else {
             throw bad("scales have at most 2 dimensions")
@@ -405,21 +410,35 @@ public enum CompressedTensors {
             }
             zeros = values.map { round($0, to: outType) }
         }
-        let q = try values(w, name: name)
+        guard ["I8", "I16", "I32", "F8_E4M3"].contains(w.dtype) else {
+            throw CheckpointError(file: w.file, "quantized weight '\(name)' has dtype \(w.dtype), which Tern cannot dequantize")
+        }
         let outSize = elementSizes[scale.info.dtype]!
         let buffer = OwnedBuffer(size: rows * columns * outSize)
+        var q = [Float](repeating: 0, count: columns), out = [Float](repeating: 0, count: columns)
         for r in 0..<rows {
+            let at = r * columns
+            // Quantized values are exact in Float (FP8, and integers of up to 24 bits; I32 beyond that rounds as
+            // torch's conversion to the scale dtype would round them anyway).
+            switch w.dtype {
+            case "I8": for c in 0..<columns { q[c] = Float(w.data.load(fromByteOffset: at + c, as: Int8.self)) }
+            case "I16": for c in 0..<columns { q[c] = Float(w.data.loadUnaligned(fromByteOffset: (at + c) * 2, as: Int16.self)) }
+            case "I32": for c in 0..<columns { q[c] = Float(w.data.loadUnaligned(fromByteOffset: (at + c) * 4, as: Int32.self)) }
+            default: for c in 0..<columns { q[c] = fp8e4m3(w.data.load(fromByteOffset: at + c, as: UInt8.self)) }
+            }
+            let base = (r / rowDivisor) * rowStride
             for c in 0..<columns {
-                let i = index(r, c)
-                var v = round(q(r * columns + c), to: outType)
+                let i = base + columnIndex[c]
+                var v = round(q[c], to: outType)
                 if let zeros { v = round(v - zeros[i], to: outType) }
-                v = round(v * scales[i], to: outType)
-                let at = buffer.pointer + (r * columns + c) * outSize
-                switch outType {
-                case .f32: at.storeBytes(of: v, as: Float.self)
-                case .f16: at.storeBytes(of: Float16(v).bitPattern, as: UInt16.self)
-                default: at.storeBytes(of: UInt16(truncatingIfNeeded: v.bitPattern >> 16), as: UInt16.self)   // already BF16-exact
-                }
+                out[c] = round(v * scales[i], to: outType)
+            }
+            let dst = buffer.pointer + at * outSize
+            switch outType {
+            case .f32: for c in 0..<columns { dst.storeBytes(of: out[c], toByteOffset: c * 4, as: Float.self) }
+            case .f16: for c in 0..<columns { dst.storeBytes(of: Float16(out[c]).bitPattern, toByteOffset: c * 2, as: UInt16.self) }
+            default:   // already BF16-exact: the top half of the Float is the BF16
+                for c in 0..<columns { dst.storeBytes(of: UInt16(truncatingIfNeeded: out[c].bitPattern >> 16), toByteOffset: c * 2, as: UInt16.self) }
             }
         }
         return Matrix(dtype: scale.info.dtype, rows: rows, columns: columns, data: UnsafeRawPointer(buffer.pointer),
@@ -436,19 +455,6 @@ public enum CompressedTensors {
             let rounded = (bits &+ 0x7FFF &+ ((bits >> 16) & 1)) & 0xFFFF_0000
             return Float(bitPattern: rounded)
         default: return x
-        }
-    }
-
-    /// The quantized values of a matrix as exact Floats, element by element (row-major).
-    private static func values(_ m: Matrix, name: String) throws -> (Int) -> Float {
-        let p = m.data
-        switch m.dtype {
-        case "I8": return { Float(p.load(fromByteOffset: $0, as: Int8.self)) }
-        case "I16": return { Float(p.loadUnaligned(fromByteOffset: $0 * 2, as: Int16.self)) }
-        case "I32": return { Float(p.loadUnaligned(fromByteOffset: $0 * 4, as: Int32.self)) }
-        case "F8_E4M3": return { fp8e4m3(p.load(fromByteOffset: $0, as: UInt8.self)) }
-        default:
-            throw CheckpointError(file: m.file, "quantized weight '\(name)' has dtype \(m.dtype), which Tern cannot dequantize")
         }
     }
 
