@@ -1,6 +1,7 @@
-// compressed-tensors sparse checkpoints (scripts/make_compressed_tensors_fixtures.py, written by the library's own
-// compressors): decompressed at load they equal their dense twins bit for bit and run as the same model, and every
-// damaged companion tensor or config is a CheckpointError naming the file — never a crash.
+// compressed-tensors checkpoints (scripts/make_compressed_tensors_fixtures.py, written by the library's own
+// compressors): sparse (and sparse FP8) weights decompressed at load equal their dense twins bit for bit and run as
+// the same model; integer scales of every strategy dequantize as compressed-tensors computes them; and every damaged
+// companion tensor, scale or config is a CheckpointError naming the file — never a crash.
 
 import Foundation
 import TernTestSupport
