@@ -20,6 +20,7 @@ struct InspectCommand: ParsableCommand, EnvironmentReadable {
         print("file: \(path)")
         print("format: \(ck.format.rawValue)\(ck.gguf.map { " v\($0.version)" } ?? "")")
         print("architecture: \(ck.architecture)")
+        if let c = ck.compression { print("compression: \(c.summary), decompressed at load") }
         if let cfg = try? LlamaConfig(checkpoint: ck) {
             print("hyper-parameters:")
             print("  layers: \(cfg.layerCount)")

@@ -17,6 +17,8 @@ public final class Checkpoint: Sendable {
     public let hfConfigJSON: Data?
     public let tokenizerSpec: TokenizerSpec
     public let chatTemplate: String?
+    /// For HF directories saved by llm-compressor: the sparsity format decompressed at load (CompressedTensors.swift).
+    public let compression: CompressedTensors.Settings?
 
     /// `backing`: how the weights are held (see MappedFile); a server reading them for hours wants `.privateCopy`.
     public static func open(path: String, backing: MappedFile.Backing = .mapped) throws -> Checkpoint {
@@ -37,6 +39,7 @@ public final class Checkpoint: Sendable {
         self.format = .gguf
         self.gguf = g
         self.hfConfigJSON = nil
+        self.compression = nil
         guard let arch = g.string("general.architecture") else {
             throw CheckpointError(file: ggufPath, "metadata lacks general.architecture")
         }
@@ -91,13 +94,25 @@ public final class Checkpoint: Sendable {
         } else {
             files = ["model.safetensors"]
         }
-        var tensors: [String: WeightTensor] = [:]
+        var stored: [String: CompressedTensors.Stored] = [:]
         for f in files {
             let st = try SafetensorsFile(path: dirURL.appendingPathComponent(f).path, backing: backing)
-            for (name, info) in st.tensors {
+            for (name, info) in st.tensors { stored[name] = CompressedTensors.Stored(info: info, file: st) }
+        }
+        var tensors: [String: WeightTensor] = [:]
+        let compression = try CompressedTensors.Settings(config: config, configPath: configURL.path)
+        self.compression = compression
+        if let compression {
+            // Consumes the compressed groups from `stored`; the rest (norms, embeddings) loads below as usual.
+            for (name, t) in try CompressedTensors.decompress(&stored, settings: compression) {
                 let ggufName = Self.ggufTensorName(hfName: name, architecture: architecture) ?? name
-                tensors[ggufName] = try Self.weightTensor(info, name: ggufName, file: st)
+                tensors[ggufName] = WeightTensor(name: ggufName, type: t.type, shape: t.shape, data: t.data,
+                                                 byteCount: t.byteCount, owner: t.owner)
             }
+        }
+        for (name, s) in stored {
+            let ggufName = Self.ggufTensorName(hfName: name, architecture: architecture) ?? name
+            tensors[ggufName] = try Self.weightTensor(s.info, name: ggufName, file: s.file)
         }
         self.tensors = tensors
         let loaded = try HuggingFaceTokenizerLoader.load(directory: dirURL)
