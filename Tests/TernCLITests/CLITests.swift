@@ -71,7 +71,7 @@ final class CLITests: XCTestCase {
                          "repeat-penalty", "presence-penalty", "frequency-penalty", "stop", "ignore-eos", "ctx-size",
                          "threads", "system", "chat"],
             "perplexity": ["model", "file", "context", "chunks", "threads", "kv-policy", "kv-budget"],
-            "convert": ["model", "type", "output"],
+            "convert": ["model", "type", "output", "sparsity", "sparse-pattern", "prune", "calibration", "group-rows"],
             "bench": ["model", "threads", "prompt-tokens", "gen-tokens", "repetitions", "json", "batch", "depth", "seed",
                       "kv-policy", "kv-budget"],
             "tokenize": ["model", "text", "special"],
@@ -174,6 +174,32 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(try finish(["--ignore-eos=false"], ["TERN_IGNORE_EOS": "1"]), "stop")
         XCTAssertEqual(try finish(["--ignore-eos"], ["TERN_IGNORE_EOS": "0"]), "length")
         XCTAssertEqual(try finish(["--ignore-eos=true"], [:]), "length")
+    }
+
+    /// `tern convert --sparsity`: bad combinations name the option at fault; a good one writes a file that
+    /// inspect describes and generate runs.
+    func testConvertSparsityFlags() throws {
+        let tiny = TestPaths.fixture("llama/llama-f32.gguf")
+        let out = try TestPaths.temporaryDirectory() + "/sparse.gguf"
+        let base = ["convert", "--model", tiny, "--type", "q4_0", "--output", out]
+        for (args, env, needle) in [(["--sparsity", "0.5", "--sparse-pattern", "diagonal"], [String: String](), "--sparse-pattern"),
+                                    (["--sparsity", "0.5", "--prune", "wanda"], [:], "--calibration"),
+                                    (["--sparse-pattern", "2:4"], [:], "--sparsity"),
+                                    ([], ["TERN_SPARSITY": "0.3", "TERN_SPARSE_PATTERN": "2:4"], "--sparsity 0.5"),
+                                    (["--sparsity", "1.5"], [:], "between 0 and 1"),
+                                    (["--sparsity", "0.5", "--prune", "wanda", "--calibration", "/nonexistent/text"], [:], "/nonexistent/text")] {
+            let r = try tern(base + args, env: env)
+            XCTAssertNotEqual(r.status, 0, "\(args) \(env)")
+            XCTAssertTrue(r.stderr.contains(needle), "\(args): \(r.stderr)")
+        }
+        let made = try tern(base + ["--sparsity", "0.5", "--sparse-pattern", "group"])
+        XCTAssertEqual(made.status, 0, made.stderr)
+        let info = try tern(["inspect", out])
+        XCTAssertTrue(info.stdout.contains("tern.sparsity.pattern = group"), info.stdout)
+        XCTAssertTrue(info.stdout.contains("sparse: 14 matrices, 50.0% of their weights stored"), info.stdout)
+        XCTAssertTrue(info.stdout.contains("blk.0.ffn_up.weight") && info.stdout.contains("group Q4_0"), info.stdout)
+        let run = try tern(["generate", "--model", out, "--prompt", "hi", "--max-tokens", "4", "--temperature", "0"])
+        XCTAssertEqual(run.status, 0, run.stderr)
     }
 
     func testInspectTakesAPositionalPath() throws {
