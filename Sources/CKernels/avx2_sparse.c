@@ -7,6 +7,7 @@
    order whatever the tile it sits in: tiles of 4 weight rows serve one activation row (four independent
    chains hide the FMA latency while decoding), tiles of 2 weight rows x 4 activation rows reuse each decoded
    chunk four times while prefilling. */
+#include <stdlib.h>
 #include "include/tern_sparse.h"
 #include "kernels_internal.h"
 
@@ -148,21 +149,6 @@ typedef struct {
     d = _cvtsh_ss(tern_rd16(cur[j].p));                                                                          \
     w = _mm256_loadu_si256((const __m256i *)(cur[j].p + 2));                                                     \
     cur[j].p += Q8_0_BYTES;
-#define STEP_NM24                                                                                                \
-    c = k;                                                                                                       \
-    d = _cvtsh_ss(tern_rd16(cur[j].p + 4));                                                                      \
-    w = expand_nm24(cur[j].p);                                                                                   \
-    cur[j].p += TERN_SPARSE_NM24_CHUNK_BYTES;
-#define STEP_BITMASK                                                                                             \
-    c = k;                                                                                                       \
-    uint32_t mask = tern_rd32(cur[j].p);                                                                         \
-    if (!mask) { cur[j].p += 4; skip = 1; w = _mm256_setzero_si256(); d = 0.0f; }                              \
-    else {                                                                                                       \
-        d = _cvtsh_ss(tern_rd16(cur[j].p + 4));                                                                  \
-        w = expand_bitmask(cur[j].p, mask);                                                                      \
-        cur[j].p += 6 + (__builtin_popcount(mask) + 1) / 2;                                                      \
-    }
-
 #define TILES(SUFFIX, SIGNED, HAS_MIN, STEP)                                                                     \
     SPARSE_TILE(tile41_##SUFFIX, 4, 1, SIGNED, HAS_MIN, STEP)                                                   \
     SPARSE_TILE(tile11_##SUFFIX, 1, 1, SIGNED, HAS_MIN, STEP)                                                   \
@@ -172,8 +158,6 @@ typedef struct {
 TILES(q4_0, 1, 0, STEP_Q4_0)
 TILES(q4_1, 0, 1, STEP_Q4_1)
 TILES(q8_0, 1, 0, STEP_Q8_0)
-TILES(nm24, 1, 0, STEP_NM24)
-TILES(bitmask, 1, 0, STEP_BITMASK)
 
 typedef void (*tile_fn)(row_cursor *, int64_t, const tern_q8_block *, int64_t, float *, int64_t, int64_t);
 
@@ -194,6 +178,156 @@ INL row_cursor cursor_at(const tern_sparse_matrix *w, int64_t r, int bb) {
     }
     }
     return c;
+}
+
+/* ---------- 2:4 and bitmask matrices: the dense Q4_0 chain, 8 rows at a time ---------- */
+
+/* Their chunks are Q4_0 blocks with the pruned values at q = 8 (zero), and they are computed as the packed dense
+   readers compute Q4_0 (avx2_packed.c): per block, the exact integer s = sum(q * a) with unsigned q, then
+   acc = fma(float(s), d * a.d, acc) and acc = fma(-8d, a.s, acc). An empty bitmask chunk is a block with d = 0,
+   which changes nothing. So a row's outputs are bit for bit those of tern_matmul_packed over the decoded dense
+   matrix, which is what prefill uses (below) — decode and prefill of the same tokens agree exactly. */
+
+/* lane j of the result = the full sum of v[j]'s eight int32 lanes */
+INL __m256i reduce8(const __m256i v[8]) {
+    __m256i s0 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    __m256i s1 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(s0, s1, 0x20), _mm256_permute2x128_si256(s0, s1, 0x31));
+}
+
+/* Rows r..r+nr-1 (nr <= 8; missing rows repeat the last and are not stored) x MT activation rows. */
+INL void masked8(const int layout, const int MT, const tern_sparse_matrix *w, int64_t r, int nr,
+                 const tern_q8_block *a, float *out, int64_t ldo) {
+    const int64_t chunks = w->columns / 32;
+    const uint8_t *p[8];
+    for (int j = 0; j < 8; j++) {
+        const int64_t row = r + (j < nr ? j : nr - 1);
+        if (layout == TERN_SPARSE_NM24) {
+            p[j] = w->values + (size_t)(row * chunks) * TERN_SPARSE_NM24_CHUNK_BYTES;
+        } else {
+            uint64_t off;
+            memcpy(&off, w->index + 8 * row, 8);
+            p[j] = w->values + off;
+        }
+    }
+    const __m256i eight = _mm256_set1_epi8(8), one = _mm256_set1_epi16(1);
+    __m256 acc[4];
+    for (int t = 0; t < MT; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < chunks; k++) {
+        __m256i q[8];
+        uint16_t dh[8];
+        for (int j = 0; j < 8; j++) {
+            uint32_t mask = tern_rd32(p[j]);
+            if (layout == TERN_SPARSE_NM24) {
+                dh[j] = tern_rd16(p[j] + 4);
+                q[j] = _mm256_add_epi8(expand_nm24(p[j]), eight);
+                p[j] += TERN_SPARSE_NM24_CHUNK_BYTES;
+            } else if (mask) {
+                dh[j] = tern_rd16(p[j] + 4);
+                q[j] = _mm256_add_epi8(expand_bitmask(p[j], mask), eight);
+                p[j] += 6 + (__builtin_popcount(mask) + 1) / 2;
+            } else {
+                dh[j] = 0;
+                q[j] = eight;
+                p[j] += 4;
+            }
+        }
+        const __m256 d = _mm256_cvtph_ps(_mm_setr_epi16((short)dh[0], (short)dh[1], (short)dh[2], (short)dh[3],
+                                                        (short)dh[4], (short)dh[5], (short)dh[6], (short)dh[7]));
+        const __m256 o = _mm256_mul_ps(d, _mm256_set1_ps(-8.0f));
+        for (int t = 0; t < MT; t++) {
+            const tern_q8_block *ab = a + t * chunks + k;
+            const __m256i av = _mm256_loadu_si256((const __m256i *)ab->q);
+            __m256i s[8];
+            for (int j = 0; j < 8; j++) s[j] = _mm256_madd_epi16(_mm256_maddubs_epi16(q[j], av), one);
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce8(s)), _mm256_mul_ps(d, _mm256_set1_ps(ab->d)), acc[t]);
+            acc[t] = _mm256_fmadd_ps(o, _mm256_set1_ps(ab->s), acc[t]);
+        }
+    }
+    for (int t = 0; t < MT; t++) {
+        if (nr == 8) { _mm256_storeu_ps(out + t * ldo + r, acc[t]); continue; }
+        float lanes[8];
+        _mm256_storeu_ps(lanes, acc[t]);
+        for (int j = 0; j < nr; j++) out[t * ldo + r + j] = lanes[j];
+    }
+}
+
+#define MASKED(NAME, LAYOUT, MT)                                                                                 \
+    TGT static void NAME(const tern_sparse_matrix *w, int64_t r, int nr, const tern_q8_block *a, float *out,    \
+                         int64_t ldo) { masked8(LAYOUT, MT, w, r, nr, a, out, ldo); }
+MASKED(nm24_1, TERN_SPARSE_NM24, 1) MASKED(nm24_4, TERN_SPARSE_NM24, 4)
+MASKED(bitmask_1, TERN_SPARSE_BITMASK, 1) MASKED(bitmask_4, TERN_SPARSE_BITMASK, 4)
+
+/* Prefill: with this many activation rows, decoding a panel to dense Q4_0 once and running the packed dense
+   kernel over it beats expanding every chunk for each tile of rows. */
+enum { DENSE_FROM_ROWS = 16 };
+
+/* Row r as dense Q4_0 blocks (what tern_sparse_decode_q4_0 in sparse.c writes, with the vector expansion). */
+TGT static void decode_q4_0(const tern_sparse_matrix *w, int64_t r, uint8_t *dst) {
+    const int64_t chunks = w->columns / 32;
+    const int nm24 = w->layout == TERN_SPARSE_NM24;
+    const uint8_t *c;
+    if (nm24) {
+        c = w->values + (size_t)(r * chunks) * TERN_SPARSE_NM24_CHUNK_BYTES;
+    } else {
+        uint64_t off;
+        memcpy(&off, w->index + 8 * r, 8);
+        c = w->values + off;
+    }
+    const __m256i eight = _mm256_set1_epi8(8);
+    for (int64_t k = 0; k < chunks; k++, dst += Q4_0_BYTES) {
+        uint32_t mask = tern_rd32(c);
+        __m256i q = eight;
+        uint16_t d = 0;
+        if (nm24) {
+            d = tern_rd16(c + 4);
+            q = _mm256_add_epi8(expand_nm24(c), eight);
+            c += TERN_SPARSE_NM24_CHUNK_BYTES;
+        } else if (mask) {
+            d = tern_rd16(c + 4);
+            q = _mm256_add_epi8(expand_bitmask(c, mask), eight);
+            c += 6 + (__builtin_popcount(mask) + 1) / 2;
+        } else {
+            c += 4;
+        }
+        __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+        memcpy(dst, &d, 2);
+        _mm_storeu_si128((__m128i *)(dst + 2), _mm_or_si128(lo, _mm_slli_epi16(hi, 4)));
+    }
+}
+
+TGT static void masked_rows(const tern_sparse_matrix *w, const tern_q8_block *a, int64_t m, float *out, int64_t ldo,
+                            int64_t r0, int64_t r1) {
+    const int64_t chunks = w->columns / 32;
+    if (m >= DENSE_FROM_ROWS) {
+        const size_t row_bytes = (size_t)chunks * Q4_0_BYTES;
+        const size_t packed_bytes = tern_packed_size(TERN_Q4_0, TERN_PACK_ROWS, w->columns);
+        uint8_t *dense = malloc(row_bytes * TERN_PACK_ROWS);
+        void *packed = packed_bytes ? aligned_alloc(64, (packed_bytes + 63) / 64 * 64) : NULL;
+        if (dense && packed) {
+            for (int64_t r = r0; r < r1; r += TERN_PACK_ROWS) {
+                const int64_t nr = r1 - r < TERN_PACK_ROWS ? r1 - r : TERN_PACK_ROWS;
+                for (int64_t j = 0; j < nr; j++) decode_q4_0(w, r + j, dense + j * row_bytes);
+                tern_pack_weights(TERN_Q4_0, dense, row_bytes, nr, w->columns, packed);
+                tern_matmul_packed(TERN_Q4_0, packed, nr, w->columns, a, m, out + r, ldo, 0, nr);
+            }
+            free(dense);
+            free(packed);
+            return;
+        }
+        free(dense);
+        free(packed);
+    }
+    const int nm24 = w->layout == TERN_SPARSE_NM24;
+    for (int64_t i = 0; i < m;) {
+        const int64_t mt = m - i >= 4 ? 4 : 1;
+        for (int64_t r = r0; r < r1; r += 8) {
+            const int nr = r1 - r < 8 ? (int)(r1 - r) : 8;
+            if (nm24) (mt == 4 ? nm24_4 : nm24_1)(w, r, nr, a + i * chunks, out + i * ldo, ldo);
+            else (mt == 4 ? bitmask_4 : bitmask_1)(w, r, nr, a + i * chunks, out + i * ldo, ldo);
+        }
+        i += mt;
+    }
 }
 
 /* ---------- GROUP matrices in the octet layout (tern_sparse_pack) ---------- */
@@ -313,10 +447,9 @@ TGT int tern_avx2_sparse_matmul(const tern_sparse_matrix *w, const tern_q8_block
         case TERN_Q8_0: PICK(q8_0); bb = Q8_0_BYTES; break;
         default: return 0;
         }
-    } else if (w->layout == TERN_SPARSE_NM24) {
-        PICK(nm24);
-    } else if (w->layout == TERN_SPARSE_BITMASK) {
-        PICK(bitmask);
+    } else if (w->layout == TERN_SPARSE_NM24 || w->layout == TERN_SPARSE_BITMASK) {
+        masked_rows(w, a, m, out, ldo, r0, r1);
+        return 1;
     } else {
         return 0;
     }

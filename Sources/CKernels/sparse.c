@@ -305,3 +305,4 @@ int tern_sparse_pack(const tern_sparse_matrix *w, void *packed) {
     }
     return 0;
 }
+

@@ -178,7 +178,7 @@ final class SparseTests: XCTestCase {
             } else {
                 XCTAssertNil(packed, "\(pattern) groupRows \(groupRows) has no octet layout")
             }
-            for m in [1, 3, 4, 5, 9] {
+            for m in [1, 3, 4, 5, 9, 17] {
                 let a = activations(rows: m, columns: columns, seed: UInt64(m))
                 var reference = [Double](repeating: 0, count: m * rows)
                 for r in 0..<rows {
@@ -205,7 +205,9 @@ final class SparseTests: XCTestCase {
     }
 
     func testEachOutputDependsOnlyOnItsWeightRowAndActivationRow() throws {
-        let rows = 40, columns = 128, m = 9
+        // m = 20: 2:4 and bitmask products of 16 rows or more decode panels to dense Q4_0 for the packed kernel,
+        // and must still give the single-row kernel's bits.
+        let rows = 40, columns = 128, m = 20
         for (pattern, type, groupRows) in Self.cases {
             let made = try make(pattern, type, rows: rows, columns: columns, groupRows: groupRows, seed: 11)
             for matrix in [made.matrix, made.matrix.packed()].compactMap({ $0 }) {

@@ -10,8 +10,11 @@
      of byte i/2 when i is even, the high one when odd).
    - BITMASK (unstructured): a chunk is a u32 presence mask, then (if any bit is set) f16 d and popcount
      nibbles; rows have their own lengths, found through a table of row offsets.
-   Products compute only the kept weights, and every output's value depends only on its weight row and its
-   activation row (never on m, the row range or the position in the batch), as for the dense kernels. */
+   Products read only what is stored, and every output's value depends only on its weight row and its activation
+   row (never on m, the row range or the position in the batch), as for the dense kernels. On AVX2, 2:4 and
+   bitmask outputs are bit for bit what the packed dense Q4_0 kernel gives for the decoded matrix (prefill uses
+   exactly that: panels decoded to dense once, then the packed kernel), and octet-packed group outputs follow
+   the same per-block chain as the packed dense reader of their type. */
 #ifndef TERN_SPARSE_H
 #define TERN_SPARSE_H
 
