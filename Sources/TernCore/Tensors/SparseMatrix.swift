@@ -155,18 +155,23 @@ extension SparseMatrix {
             default: return d == 0 || (0..<32).allSatisfy { b.load(fromByteOffset: 2 + $0, as: UInt8.self) == 0 }
             }
         }
-        // Chunks each group of rows needs (an octet, or one tail row); chunks zero in every row of it go.
+        // Chunks each group of rows needs (an octet, or one tail row); chunks zero in every row of it go. A dense
+        // matrix gives up at its first octet, so the scan costs nothing when there is nothing to find.
+        let mostKept = chunks - Int((Double(chunks) * zeroChunkShareThreshold).rounded(.up))
+        guard mostKept >= 1 else { return nil }
         var needed: [[UInt16]] = []
         var r = 0
         while r < rows {
             let n = rows - r >= 8 ? 8 : 1
             var list: [UInt16] = []
-            for c in 0..<chunks where (r..<(r + n)).contains(where: { !isZero(t.data + $0 * rowBytes + c * bb) }) { list.append(UInt16(c)) }
+            for c in 0..<chunks where (r..<(r + n)).contains(where: { !isZero(t.data + $0 * rowBytes + c * bb) }) {
+                list.append(UInt16(c))
+                if list.count > mostKept { return nil }
+            }
             needed.append(list)
             r += n
         }
         let kept = max(1, needed.map(\.count).max() ?? 1)
-        guard Double(chunks - kept) / Double(chunks) >= zeroChunkShareThreshold else { return nil }
         let indexBytes = rows * kept * 2
         let valuesOffset = (headerBytes + indexBytes + sectionAlignment - 1) / sectionAlignment * sectionAlignment
         let total = valuesOffset + rows * kept * bb

@@ -61,14 +61,19 @@ public struct WeightTensor: @unchecked Sendable {
         let size = tern_packed_size(Int32(type.rawValue), Int64(rows), Int64(columns))
         guard size > 0 else { return self }
         let buffer = OwnedBuffer(size: Int(size))
-        // About 10 ms for the largest matrix of a small model: not worth threads at load time.
-        guard tern_pack_weights(Int32(type.rawValue), data, rowBytes, Int64(rows), Int64(columns), buffer.pointer) == 0 else {
-            return self
+        // About 10 ms for the largest matrix of a small model: not worth threads at load time. Packed a slice of
+        // rows at a time, each slice's mapped pages dropped once copied, so a large matrix (Gemma's 262k-row
+        // embedding) never holds both forms at once and loading peaks near the packed size, not twice it.
+        let slice = 4096
+        for r0 in stride(from: 0, to: rows, by: slice) {
+            let r1 = min(rows, r0 + slice)
+            guard tern_pack_weights_range(Int32(type.rawValue), data, rowBytes, Int64(rows), Int64(columns), buffer.pointer,
+                                          Int64(r0), Int64(r1)) == 0 else { return self }
+            if owner is MappedFile { Self.releasePages(data + r0 * rowBytes, (r1 - r0) * rowBytes) }
         }
         var copy = self
         copy.packed = UnsafeRawPointer(buffer.pointer)
         copy.packedOwner = buffer
-        if owner is MappedFile { Self.releasePages(data, byteCount) }
         return copy
     }
 
