@@ -15,17 +15,13 @@ final class SparseTests: XCTestCase {
         super.tearDown()
     }
 
-    /// Deterministic values in [-1, 1) (SplitMix64), with a few large ones as real weights have.
+    /// Deterministic values in [-1, 1), with a few six times larger, as real weights have.
     struct Values {
-        var state: UInt64
+        var rng: SplitMix64
+        init(state: UInt64) { rng = SplitMix64(seed: state) }
         mutating func next() -> Float {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            z ^= z >> 31
-            let u = Float(z >> 40) / Float(1 << 24) * 2 - 1
-            return z % 53 == 0 ? u * 6 : u
+            let u = rng.nextFloat()
+            return rng.next() % 53 == 0 ? u * 6 : u
         }
     }
 

@@ -1,4 +1,4 @@
-// Shared by the test targets (paths: the repository root, committed fixtures, the default model and the built `tern`), plus running a subprocess.
+// Shared by the test targets (paths: the repository root, committed fixtures, the default model and the built `tern`), running a subprocess, and a deterministic generator of test values.
 
 import Foundation
 import XCTest
@@ -76,4 +76,19 @@ public func runProcess(_ path: String, _ args: [String], environment: [String: S
     p.waitUntilExit()
     return ProcessResult(status: p.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
                          stderr: String(decoding: errData, as: UTF8.self))
+}
+
+/// SplitMix64: deterministic test values, so failures reproduce.
+public struct SplitMix64 {
+    public var state: UInt64
+    public init(seed: UInt64) { state = seed }
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    /// Uniform in [-1, 1).
+    public mutating func nextFloat() -> Float { Float(next() >> 40) / Float(1 << 24) * 2 - 1 }
 }
