@@ -291,12 +291,19 @@ INL void ftile(const int type, const int RM, const int RN, const uint8_t *w, siz
             for (int r = 0; r < RM; r++) acc[r][t] = _mm256_fmadd_ps(wv[r], xv, acc[r][t]);
         }
     }
-    for (int r = 0; r < RM; r++)
-        for (int t = 0; t < RN; t++) {
-            float s = hsum8(acc[r][t]);
-            for (int64_t k = j; k < n; k++) s += wscalar(type, w + r * rb, k) * x[t * n + k];
-            out[t * ldo + r] = s;
+    /* one activation row's (up to 4) weight-row sums land in one vector, in output order; unused rows add
+       zero vectors to lanes of their own, so a sum's bits do not depend on the tile's shape */
+    for (int t = 0; t < RN; t++) {
+        __m256 z = _mm256_setzero_ps();
+        __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(acc[0][t], RM > 1 ? acc[1][t] : z),
+                                  _mm256_hadd_ps(RM > 2 ? acc[2][t] : z, z));
+        float s[4];
+        _mm_storeu_ps(s, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+        for (int r = 0; r < RM; r++) {
+            for (int64_t k = j; k < n; k++) s[r] += wscalar(type, w + r * rb, k) * x[t * n + k];
+            out[t * ldo + r] = s[r];
         }
+    }
 }
 
 typedef void (*ftilefn)(const uint8_t *, size_t, int64_t, const float *, float *, int64_t);
