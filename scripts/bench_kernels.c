@@ -364,6 +364,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (!strcmp(mode, "f16decode")) { decode_f16(); return 0; }
+    if (!strcmp(mode, "f16head")) { time_f16(576, 49152); return 0; }
     if (strcmp(mode, "time")) {
         const int64_t msmall[] = {1, 2, 3, 4, 5, 8, 16, 33, 64, 128}, mbig[] = {1, 2, 3, 5, 17, 33};
         for (size_t ti = 0; ti < sizeof TYPES / sizeof TYPES[0]; ti++) {

@@ -282,6 +282,10 @@ INL void ftile(const int type, const int RM, const int RN, const uint8_t *w, siz
     int64_t j = 0;
     for (; j + 8 <= n; j += 8) {
         __m256 wv[GM];
+        /* The next tile's rows follow this tile's in memory; 6 bytes per value (three F16 rows) walks all of them
+           while this tile walks its own, so a matrix streamed from DRAM (an output head at small m: few activation
+           tiles per chunk) does not wait on each row. Prefetches past the matrix end do not fault. */
+        _mm_prefetch((const char *)(w + RM * rb + 6 * j), _MM_HINT_T0);
 #pragma GCC unroll 4
         for (int r = 0; r < RM; r++) wv[r] = wload8(type, w + r * rb, j);
 #pragma GCC unroll 4
