@@ -1,4 +1,4 @@
-// Usage: cc -O2 -I Sources/CKernels/include scripts/bench_kernels.c Sources/CKernels/*.c -lm -o /tmp/bk && taskset -c 1 /tmp/bk [check|time [type]|decode]
+// Usage: cc -O2 -I Sources/CKernels/include scripts/bench_kernels.c Sources/CKernels/*.c -lm -o /tmp/bk && taskset -c 1 /tmp/bk [check|time [type]|decode|f16check|f16time|f16decode]
 /* Standalone check and timing of the packed products on the active path against tern_matmul_q, the portable
    packed reader (bit for bit), and a dense double product of the dequantized operands; then single-thread
    GFLOP/s of packed vs unpacked for SmolLM2-135M shapes. Not part of the package. */
@@ -237,10 +237,134 @@ static void decode_sweep(void) {
     free(a); free(out);
 }
 
+/* ---------- float weights (tern_matmul_f): F16 ---------- */
+
+static uint16_t *make_f16(int64_t rows, int64_t n) {
+    uint16_t *w = malloc(2 * rows * n + 64);
+    float *x = malloc(sizeof(float) * n);
+    for (int64_t r = 0; r < rows; r++) {
+        float sc = 0.05f + 0.2f * fabsf(frand()), off = 0.02f * frand();
+        for (int64_t j = 0; j < n; j++) x[j] = sc * frand() + off;
+        tern_quantize_row(TERN_F16, x, w + r * n, n);
+    }
+    free(x);
+    return w;
+}
+
+/* Active path (AVX2) against a dense double product of the dequantized weights, and against the scalar path. */
+static void check_f16(int64_t rows, int64_t n, const int64_t *ms, int nm) {
+    uint16_t *w = make_f16(rows, n);
+    int64_t mmax = ms[nm - 1], ldo = rows + 3;
+    float *x = malloc(sizeof(float) * mmax * n), *deq = malloc(sizeof(float) * rows * n);
+    for (int64_t i = 0; i < mmax * n; i++) x[i] = frand() * (1.0f + (i % 97 == 0 ? 20.0f : 0.0f));
+    for (int64_t r = 0; r < rows; r++) tern_dequantize_row(TERN_F16, w + r * n, deq + r * n, n);
+    float *got = malloc(sizeof(float) * mmax * ldo), *ref = malloc(sizeof(float) * mmax * ldo);
+    double worst_d = 0, worst_s = 0;
+    long bad_nan = 0;
+    for (int im = 0; im < nm; im++) {
+        int64_t m = ms[im];
+        int64_t rr[3][2] = {{0, rows}, {1, rows < 38 ? rows : 38}, {rows / 2 + 1, rows}};
+        for (int k = 0; k < 3; k++) {
+            int64_t r0 = rr[k][0], r1 = rr[k][1];
+            if (r0 >= r1) continue;
+            for (int64_t i = 0; i < m * ldo; i++) got[i] = ref[i] = NAN;
+            tern_force_path(TERN_PATH_AVX2);
+            tern_matmul_f(TERN_F16, w, 2 * n, n, x, m, got, ldo, r0, r1);
+            tern_force_path(TERN_PATH_SCALAR);
+            tern_matmul_f(TERN_F16, w, 2 * n, n, x, m, ref, ldo, r0, r1);
+            tern_force_path(TERN_PATH_AVX2);
+            for (int64_t i = 0; i < m; i++)
+                for (int64_t r = 0; r < ldo; r++) {
+                    float g = got[i * ldo + r];
+                    if (r < r0 || r >= r1) { bad_nan += !isnan(g); continue; }
+                    checks++;
+                    double dense = 0, mag = 0;
+                    for (int64_t j = 0; j < n; j++) {
+                        double p = (double)deq[r * n + j] * x[i * n + j];
+                        dense += p; mag += fabs(p);
+                    }
+                    double ed = fabs(g - dense) / (mag + 1e-30), es = fabs(g - ref[i * ldo + r]) / (mag + 1e-30);
+                    if (!(ed <= worst_d)) worst_d = ed;
+                    if (!(es <= worst_s)) worst_s = es;
+                }
+        }
+    }
+    int ok = !bad_nan && worst_d <= 1e-5 && worst_s <= 1e-5;
+    fails += !ok;
+    printf("f16   rows=%5lld n=%5lld m<=%3lld  outside:%ld  max rel err vs dense %.2e, vs scalar %.2e  %s\n",
+           (long long)rows, (long long)n, (long long)mmax, bad_nan, worst_d, worst_s, ok ? "ok" : "FAIL");
+    free(w); free(x); free(deq); free(got); free(ref);
+}
+
+static void time_f16(int64_t n, int64_t rows) {
+    uint16_t *w = make_f16(rows, n);
+    const int64_t ms[] = {1, 2, 3, 4, 5, 8, 16, 128};
+    float *x = malloc(sizeof(float) * 128 * n), *out = malloc(sizeof(float) * 128 * rows);
+    for (int64_t i = 0; i < 128 * n; i++) x[i] = frand();
+    tern_force_path(TERN_PATH_AVX2);
+    for (int k = 0; k < 8; k++) {
+        int64_t m = ms[k];
+        double flop = 2.0 * rows * n * m, best = 1e30;
+        int reps = (int)(2e9 / flop) + 5;
+        if (reps > 400) reps = 400;
+        for (int rep = 0; rep < reps; rep++) {
+            double t0 = now();
+            tern_matmul_f(TERN_F16, w, 2 * n, n, x, m, out, rows, 0, rows);
+            double t = now() - t0;
+            if (t < best) best = t;
+        }
+        printf("f16   n=%5lld rows=%6lld m=%4lld  %9.1f us %6.1f GF/s %6.1f GB/s\n", (long long)n, (long long)rows,
+               (long long)m, best * 1e6, flop / best * 1e-9, 2.0 * rows * n / best * 1e-9);
+    }
+    free(w); free(x); free(out);
+}
+
+/* Decode as the model sees it: m = 1 over 60 F16 matrices 1536 x 576 (106 MB, beyond L3). */
+static void decode_f16(void) {
+    enum { NM = 60 };
+    const int64_t rows = 1536, n = 576;
+    uint16_t *w[NM];
+    for (int k = 0; k < NM; k++) w[k] = make_f16(rows, n);
+    float *x = malloc(sizeof(float) * n), *out = malloc(sizeof(float) * rows);
+    for (int64_t i = 0; i < n; i++) x[i] = frand();
+    tern_force_path(TERN_PATH_AVX2);
+    double best = 1e30;
+    for (int rep = 0; rep < 25; rep++) {
+        double t0 = now();
+        for (int k = 0; k < NM; k++) tern_matmul_f(TERN_F16, w[k], 2 * n, n, x, 1, out, rows, 0, rows);
+        double t = now() - t0;
+        if (t < best) best = t;
+    }
+    printf("f16 decode sweep m=1, %d x (n=%lld rows=%lld), %.0f MB: %.2f ms (%.1f GB/s)\n", NM, (long long)n,
+           (long long)rows, NM * 2.0 * rows * n / 1e6, best * 1e3, NM * 2.0 * rows * n / best * 1e-9);
+    for (int k = 0; k < NM; k++) free(w[k]);
+    free(x); free(out);
+}
+
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "all";
     tern_force_path(TERN_PATH_AVX2);
     if (!strcmp(mode, "decode")) { decode_sweep(); return 0; }
+    if (!strcmp(mode, "f16check")) {
+        const int64_t msmall[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 17, 33, 128}, mbig[] = {1, 2, 5, 17, 128};
+        const int64_t ns[] = {576, 1536, 8, 24, 40, 13, 3, 100};
+        for (int in = 0; in < 8; in++) {
+            check_f16(1, ns[in], msmall, 13);
+            check_f16(7, ns[in], msmall, 13);
+            check_f16(13, ns[in], msmall, 13);
+            check_f16(45, ns[in], msmall, 13);
+        }
+        check_f16(576, 576, mbig, 5);
+        check_f16(1000, 1536, mbig, 5);
+        printf("%ld configurations failed, %ld outputs checked\n", fails, checks);
+        return fails != 0;
+    }
+    if (!strcmp(mode, "f16time")) {
+        time_f16(576, 1536); time_f16(1536, 576); time_f16(576, 576); time_f16(576, 192); time_f16(576, 49152);
+        return 0;
+    }
+    if (!strcmp(mode, "f16decode")) { decode_f16(); return 0; }
+    if (!strcmp(mode, "f16head")) { time_f16(576, 49152); return 0; }
     if (strcmp(mode, "time")) {
         const int64_t msmall[] = {1, 2, 3, 4, 5, 8, 16, 33, 64, 128}, mbig[] = {1, 2, 3, 5, 17, 33};
         for (size_t ti = 0; ti < sizeof TYPES / sizeof TYPES[0]; ti++) {

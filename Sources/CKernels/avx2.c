@@ -265,12 +265,88 @@ ROWF(f32_1, 1, TERN_F32) ROWF(f32_2, 2, TERN_F32) ROWF(f32_3, 3, TERN_F32) ROWF(
 ROWF(f16_1, 1, TERN_F16) ROWF(f16_2, 2, TERN_F16) ROWF(f16_3, 3, TERN_F16) ROWF(f16_4, 4, TERN_F16)
 ROWF(bf16_1, 1, TERN_BF16) ROWF(bf16_2, 2, TERN_BF16) ROWF(bf16_3, 3, TERN_BF16) ROWF(bf16_4, 4, TERN_BF16)
 
+/* Batched F16 products: a GM x GN tile (weight rows x activation rows) keeps GM*GN accumulators in registers, so
+   each converted weight vector feeds GN FMAs and each activation vector GM. 3 x 4 fills the 16 ymm registers:
+   12 accumulators, 3 weight vectors and the activation vector in flight. */
+#define GM 3
+#define GN 4
+/* From two activation rows on the tile beats the row kernels (more chains, fewer loads per FMA); m = 1 keeps
+   rowf, which already streams the weights at DRAM speed. */
+#define GEMM_MIN_M 2
+#define CHUNK 98304
+INL void ftile(const int type, const int RM, const int RN, const uint8_t *w, size_t rb, int64_t n, const float *x,
+               float *out, int64_t ldo) {
+    __m256 acc[GM][GN];
+    for (int r = 0; r < RM; r++)
+        for (int t = 0; t < RN; t++) acc[r][t] = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        __m256 wv[GM];
+        /* The next tile's rows follow this tile's in memory; 6 bytes per value (three F16 rows) walks all of them
+           while this tile walks its own, so a matrix streamed from DRAM (an output head at small m: few activation
+           tiles per chunk) does not wait on each row. Prefetches past the matrix end do not fault. */
+        _mm_prefetch((const char *)(w + RM * rb + 6 * j), _MM_HINT_T0);
+#pragma GCC unroll 4
+        for (int r = 0; r < RM; r++) wv[r] = wload8(type, w + r * rb, j);
+#pragma GCC unroll 4
+        for (int t = 0; t < RN; t++) {
+            __m256 xv = _mm256_loadu_ps(x + t * n + j);
+#pragma GCC unroll 4
+            for (int r = 0; r < RM; r++) acc[r][t] = _mm256_fmadd_ps(wv[r], xv, acc[r][t]);
+        }
+    }
+    /* one activation row's (up to 4) weight-row sums land in one vector, in output order; unused rows add
+       zero vectors to lanes of their own, so a sum's bits do not depend on the tile's shape */
+    for (int t = 0; t < RN; t++) {
+        __m256 z = _mm256_setzero_ps();
+        __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(acc[0][t], RM > 1 ? acc[1][t] : z),
+                                  _mm256_hadd_ps(RM > 2 ? acc[2][t] : z, z));
+        float s[4];
+        _mm_storeu_ps(s, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+        for (int r = 0; r < RM; r++) {
+            for (int64_t k = j; k < n; k++) s[r] += wscalar(type, w + r * rb, k) * x[t * n + k];
+            out[t * ldo + r] = s[r];
+        }
+    }
+}
+
+typedef void (*ftilefn)(const uint8_t *, size_t, int64_t, const float *, float *, int64_t);
+#define FT(RM, RN) TGT static void ft16_##RM##_##RN(const uint8_t *w, size_t rb, int64_t n, const float *x, \
+                                                    float *out, int64_t ldo) { ftile(TERN_F16, RM, RN, w, rb, n, x, out, ldo); }
+FT(1, 1) FT(1, 2) FT(1, 3) FT(1, 4) FT(2, 1) FT(2, 2) FT(2, 3) FT(2, 4) FT(3, 1) FT(3, 2) FT(3, 3) FT(3, 4)
+static const ftilefn ft16[GM][GN] = {{ft16_1_1, ft16_1_2, ft16_1_3, ft16_1_4}, {ft16_2_1, ft16_2_2, ft16_2_3, ft16_2_4},
+                                     {ft16_3_1, ft16_3_2, ft16_3_3, ft16_3_4}};
+
+TGT static void gemm_f16(const void *w, size_t row_bytes, int64_t n, const float *x, int64_t m, float *out,
+                         int64_t ldo, int64_t r0, int64_t r1) {
+    /* A chunk of weight rows stays in L2 while every activation tile (GN rows, in L1) passes over it. */
+    int64_t chunk = (int64_t)(CHUNK / (row_bytes + 1)) / GM * GM + GM;
+    for (int64_t c0 = r0; c0 < r1; c0 += chunk) {
+        int64_t c1 = c0 + chunk < r1 ? c0 + chunk : r1;
+        /* activation tiles as even as possible (5 = 3 + 2, not 4 + 1): a thin tile has too few FMA chains */
+        int64_t tiles = (m + GN - 1) / GN;
+        for (int64_t k = 0, i = 0; k < tiles; k++) {
+            int nt = (int)((m - i) / (tiles - k));
+            for (int64_t r = c0; r < c1; r += GM) {
+                int mt = c1 - r < GM ? (int)(c1 - r) : GM;
+                ft16[mt - 1][nt - 1]((const uint8_t *)w + (size_t)r * row_bytes, row_bytes, n, x + i * n,
+                                     out + i * ldo + r, ldo);
+            }
+            i += nt;
+        }
+    }
+}
+
 TGT static int v_matmul_f(int type, const void *w, size_t row_bytes, int64_t n, const float *x, int64_t m,
                           float *out, int64_t ldo, int64_t r0, int64_t r1) {
     static const rowffn f32[4] = {f32_1, f32_2, f32_3, f32_4}, f16[4] = {f16_1, f16_2, f16_3, f16_4},
                         bf16[4] = {bf16_1, bf16_2, bf16_3, bf16_4};
     const rowffn *fns = type == TERN_F32 ? f32 : type == TERN_F16 ? f16 : type == TERN_BF16 ? bf16 : NULL;
     if (!fns) return 0;
+    if (type == TERN_F16 && m >= GEMM_MIN_M) {
+        gemm_f16(w, row_bytes, n, x, m, out, ldo, r0, r1);
+        return 1;
+    }
     int64_t chunk = m <= 4 ? r1 - r0 : (int64_t)(32768 / (row_bytes + 1)) + 1;
     for (int64_t c0 = r0; c0 < r1; c0 += chunk) {
         int64_t c1 = c0 + chunk < r1 ? c0 + chunk : r1;

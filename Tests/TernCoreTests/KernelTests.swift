@@ -437,6 +437,77 @@ final class KernelTests: XCTestCase {
         }
     }
 
+    /// F16 products on every path, against a double-precision product of the dequantized weights, with batch sizes
+    /// around the SIMD tiles (m = 1 row kernel; m >= 2 a 3-row x 4-activation register tile), row ranges that do
+    /// not start or end on a tile, and n below, at and off multiples of 8 (the tail past the last 8 is scalar).
+    /// The bound is summation's worst case, n rounding steps of the sum of |products|: any lost or misplaced
+    /// term is far larger. Row ranges split as threads split them must give the same bits as the whole.
+    func testF16ProductsMatchDoubleOnAllPaths() {
+        var rng = Rng(state: 1616)
+        let type = Int32(TERN_F16), rows = 38, maxM = 128, ldo = rows + 3
+        for n in [576, 100, 16, 13, 3] {
+            let rb = rowBytes(type, n)
+            let w = randomWeights(type, rows: rows, n: n, rng: &rng)
+            let x = (0..<(maxM * n)).map { j in rng.float() * (j % 89 == 0 ? 30 : 1) }
+            var deq = [[Float]]()
+            w.withUnsafeBytes { wb in for r in 0..<rows { deq.append(dequantize(type, wb.baseAddress! + r * rb, n)) } }
+            var dense = [Double](repeating: 0, count: maxM * rows), mag = dense
+            for i in 0..<maxM {
+                for r in 0..<rows {
+                    for j in 0..<n {
+                        let p = Double(deq[r][j]) * Double(x[i * n + j])
+                        dense[i * rows + r] += p
+                        mag[i * rows + r] += abs(p)
+                    }
+                }
+            }
+            for m in [1, 2, 3, 4, 5, 17, 128] {
+                func run(_ ranges: [(Int, Int)]) -> [Float] {
+                    var out = [Float](repeating: .nan, count: m * ldo)
+                    w.withUnsafeBytes { wb in
+                        for (r0, r1) in ranges {
+                            tern_matmul_f(type, wb.baseAddress, rb, Int64(n), x, Int64(m), &out, Int64(ldo), Int64(r0), Int64(r1))
+                        }
+                    }
+                    return out
+                }
+                var byPath = [[Float]]()
+                for path in Self.paths {
+                    tern_force_path(path)
+                    let pname = String(cString: tern_path_name(path))
+                    let got = run([(0, rows)]), split = run([(0, 1), (1, 5), (5, 16), (16, 37), (37, 38)]),
+                        part = run([(4, 23)])
+                    XCTAssertEqual(split.map(\.bitPattern), got.map(\.bitPattern), "f16 \(pname) n=\(n) m=\(m): split ranges")
+                    for i in 0..<m {
+                        for r in 0..<ldo {
+                            let g = got[i * ldo + r]
+                            guard r < rows else { XCTAssertTrue(g.isNaN, "f16 \(pname) wrote past the rows"); continue }
+                            let e = dense[i * rows + r], tol = Double(n) * 0x1p-24 * mag[i * rows + r] + 1e-30
+                            XCTAssertLessThanOrEqual(abs(Double(g) - e), tol, "f16 \(pname) n=\(n) m=\(m) i=\(i) r=\(r): \(g) vs \(e)")
+                            let q = part[i * ldo + r]
+                            if r >= 4 && r < 23 {
+                                XCTAssertEqual(q.bitPattern, g.bitPattern, "f16 \(pname) n=\(n) m=\(m) range i=\(i) r=\(r)")
+                            } else {
+                                XCTAssertTrue(q.isNaN, "f16 \(pname) n=\(n) m=\(m) wrote outside [4, 23): i=\(i) r=\(r)")
+                            }
+                        }
+                    }
+                    byPath.append(got)
+                }
+                // every SIMD path agrees with the scalar reference to within the same rounding
+                for (k, got) in byPath.enumerated().dropFirst() {
+                    for i in 0..<m {
+                        for r in 0..<rows {
+                            let tol = 2 * Double(n) * 0x1p-24 * mag[i * rows + r] + 1e-30
+                            XCTAssertLessThanOrEqual(abs(Double(got[i * ldo + r]) - Double(byPath[0][i * ldo + r])), tol,
+                                                     "f16 path \(Self.paths[k]) vs scalar n=\(n) m=\(m) i=\(i) r=\(r)")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     // MARK: 4. quantizers
 
     func testQuantizeRowBitExactWithGGUFPy() throws {
