@@ -37,6 +37,9 @@ public final class LlamaModel: LanguageModel {
     let output: WeightTensor
     /// Global layers' rotation first; Gemma's local layers have a second one (another base, no scaling).
     let ropeTables: [RopeTable]
+    /// Whether any matrix takes 8-bit activations (quantized or sparse weights); an all-float model skips
+    /// quantizing its inputs.
+    let quantizesActivations: Bool
 
     public var qDim: Int { config.headCount * config.headDim }
     public var kvDim: Int { config.kvHeadCount * config.headDim }
@@ -130,6 +133,8 @@ public final class LlamaModel: LanguageModel {
                                     positionScale: 1))
         }
         ropeTables = tables
+        quantizesActivations = ([output] + layers.flatMap { [$0.wq, $0.wk, $0.wv, $0.wo, $0.gate, $0.up, $0.down] })
+            .contains { !$0.type.isFloat || $0.sparse != nil }
     }
 
     static func dequantize(_ t: WeightTensor) -> [Float] {
@@ -236,7 +241,7 @@ public final class LlamaModel: LanguageModel {
 
         for (li, layer) in layers.enumerated() {
             layer.attnNorm.withUnsafeBufferPointer { VectorOps.rmsNorm(x, weight: $0.baseAddress!, eps: cfg.rmsEpsilon, rows: m, n: dim, output: xn) }
-            qa.quantize(xn, rows: m, columns: dim, pool: pool)
+            if quantizesActivations { qa.quantize(xn, rows: m, columns: dim, pool: pool) }
             ws.activationStatistics?.add(xn, rows: m, columns: dim, layer: li, input: .attention)
             Linear.applyMany([(layer.wq, q), (layer.wk, k), (layer.wv, v)], input: xn, rows: m, quantized: qa, pool: pool)
             if let b = layer.bq { addBias(q, b, rows: m) }
@@ -254,7 +259,7 @@ public final class LlamaModel: LanguageModel {
             Attention.causal(queries: q, rows: m, layer: li, metadata: ws.attentionMetadata, memories: memories,
                              headCount: cfg.headCount, kvHeadCount: cfg.kvHeadCount, headDim: cfg.headDim,
                              scale: cfg.queryScale, output: att, workspace: ws)
-            qa.quantize(att, rows: m, columns: qDim, pool: pool)
+            if quantizesActivations { qa.quantize(att, rows: m, columns: qDim, pool: pool) }
             ws.activationStatistics?.add(att, rows: m, columns: qDim, layer: li, input: .attentionOutput)
             Linear.apply(layer.wo, input: att, rows: m, quantized: qa, output: tmp, pool: pool)
             if let pn = layer.postAttentionNorm {
@@ -263,14 +268,14 @@ public final class LlamaModel: LanguageModel {
             VectorOps.add(x, tmp, count: m * dim)
 
             layer.ffnNorm.withUnsafeBufferPointer { VectorOps.rmsNorm(x, weight: $0.baseAddress!, eps: cfg.rmsEpsilon, rows: m, n: dim, output: xn) }
-            qa.quantize(xn, rows: m, columns: dim, pool: pool)
+            if quantizesActivations { qa.quantize(xn, rows: m, columns: dim, pool: pool) }
             ws.activationStatistics?.add(xn, rows: m, columns: dim, layer: li, input: .feedForward)
             Linear.applyMany([(layer.gate, gate), (layer.up, up)], input: xn, rows: m, quantized: qa, pool: pool)
             switch cfg.activation {
             case .silu: VectorOps.swiglu(gate: gate, up: up, count: m * cfg.feedForwardLength)
             case .geluTanh: tern_geglu_tanh(gate, up, Int64(m * cfg.feedForwardLength))
             }
-            qa.quantize(gate, rows: m, columns: cfg.feedForwardLength, pool: pool)
+            if quantizesActivations { qa.quantize(gate, rows: m, columns: cfg.feedForwardLength, pool: pool) }
             ws.activationStatistics?.add(gate, rows: m, columns: cfg.feedForwardLength, layer: li, input: .feedForwardDown)
             Linear.apply(layer.down, input: gate, rows: m, quantized: qa, output: tmp, pool: pool)
             if let pn = layer.postFFNNorm {
@@ -286,7 +291,7 @@ public final class LlamaModel: LanguageModel {
         // Norm and project only the rows that want logits.
         let src = VectorOps.gatherRows(ws.logitSourceRows, from: x, width: dim, spare: tmp)
         outputNorm.withUnsafeBufferPointer { VectorOps.rmsNorm(src, weight: $0.baseAddress!, eps: cfg.rmsEpsilon, rows: n, n: dim, output: xn) }
-        qa.quantize(xn, rows: n, columns: dim, pool: pool)
+        if quantizesActivations { qa.quantize(xn, rows: n, columns: dim, pool: pool) }
         Linear.apply(output, input: xn, rows: n, quantized: qa, output: ws.logits, pool: pool)
         if let cap = cfg.finalLogitSoftcap {
             let l = ws.logits
