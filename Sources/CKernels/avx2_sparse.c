@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include "include/tern_sparse.h"
 #include "kernels_internal.h"
+#include "sparse_internal.h"
 
 #ifdef TERN_X86
 #include <immintrin.h>
@@ -162,21 +163,7 @@ TILES(q8_0, 1, 0, STEP_Q8_0)
 typedef void (*tile_fn)(row_cursor *, int64_t, const tern_q8_block *, int64_t, float *, int64_t, int64_t);
 
 INL row_cursor cursor_at(const tern_sparse_matrix *w, int64_t r, int bb) {
-    row_cursor c = {0, 0};
-    switch (w->layout) {
-    case TERN_SPARSE_GROUP:
-        c.idx = (const uint16_t *)w->index + r * w->kept;
-        c.p = w->values + (size_t)(r * w->kept) * (size_t)bb;
-        break;
-    case TERN_SPARSE_NM24:
-        c.p = w->values + (size_t)(r * (w->columns / 32)) * TERN_SPARSE_NM24_CHUNK_BYTES;
-        break;
-    default: {
-        uint64_t off;
-        memcpy(&off, w->index + 8 * r, 8);
-        c.p = w->values + off;
-    }
-    }
+    row_cursor c = {tern_sparse_row_values(w, r, bb), (const uint16_t *)w->index + r * w->kept};
     return c;
 }
 
@@ -200,16 +187,7 @@ INL void masked8(const int layout, const int MT, const tern_sparse_matrix *w, in
                  const tern_q8_block *a, float *out, int64_t ldo) {
     const int64_t chunks = w->columns / 32;
     const uint8_t *p[8];
-    for (int j = 0; j < 8; j++) {
-        const int64_t row = r + (j < nr ? j : nr - 1);
-        if (layout == TERN_SPARSE_NM24) {
-            p[j] = w->values + (size_t)(row * chunks) * TERN_SPARSE_NM24_CHUNK_BYTES;
-        } else {
-            uint64_t off;
-            memcpy(&off, w->index + 8 * row, 8);
-            p[j] = w->values + off;
-        }
-    }
+    for (int j = 0; j < 8; j++) p[j] = tern_sparse_row_values(w, r + (j < nr ? j : nr - 1), 0);
     const __m256i eight = _mm256_set1_epi8(8), one = _mm256_set1_epi16(1);
     __m256 acc[4];
     for (int t = 0; t < MT; t++) acc[t] = _mm256_setzero_ps();
@@ -266,14 +244,7 @@ enum { DENSE_FROM_ROWS = 16 };
 TGT static void decode_q4_0(const tern_sparse_matrix *w, int64_t r, uint8_t *dst) {
     const int64_t chunks = w->columns / 32;
     const int nm24 = w->layout == TERN_SPARSE_NM24;
-    const uint8_t *c;
-    if (nm24) {
-        c = w->values + (size_t)(r * chunks) * TERN_SPARSE_NM24_CHUNK_BYTES;
-    } else {
-        uint64_t off;
-        memcpy(&off, w->index + 8 * r, 8);
-        c = w->values + off;
-    }
+    const uint8_t *c = tern_sparse_row_values(w, r, 0);
     const __m256i eight = _mm256_set1_epi8(8);
     for (int64_t k = 0; k < chunks; k++, dst += Q4_0_BYTES) {
         uint32_t mask = tern_rd32(c);

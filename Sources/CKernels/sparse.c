@@ -4,6 +4,7 @@
 #include <math.h>
 #include "include/tern_sparse.h"
 #include "kernels_internal.h"
+#include "sparse_internal.h"
 
 /* from avx2_sparse.c; returns 0 when it does not handle the layout */
 int tern_avx2_sparse_matmul(const tern_sparse_matrix *w, const tern_q8_block *a, int64_t m, float *out,
@@ -54,6 +55,40 @@ static float masked_chunk_dot(uint32_t mask, float d, const uint8_t *q, const te
     return d * a->d * (float)s;
 }
 
+/* Walks row r's stored chunks in column order: chunk number, its bytes, and (2:4, bitmask) its mask. Empty
+   bitmask chunks are passed over. */
+typedef struct {
+    const uint8_t *p;
+    const uint16_t *idx;
+    int64_t k, steps;
+} chunk_walk;
+
+static chunk_walk walk_row(const tern_sparse_matrix *w, int64_t r) {
+    chunk_walk it = {tern_sparse_row_values(w, r, block_bytes(w->value_type)), NULL, 0,
+                     w->layout == TERN_SPARSE_GROUP ? w->kept : w->columns / 32};
+    if (w->layout == TERN_SPARSE_GROUP) it.idx = (const uint16_t *)w->index + r * w->kept;
+    return it;
+}
+
+static int walk_next(const tern_sparse_matrix *w, chunk_walk *it, int64_t *chunk, const uint8_t **data, uint32_t *mask) {
+    while (it->k < it->steps) {
+        const int64_t k = it->k++;
+        *data = it->p;
+        if (w->layout == TERN_SPARSE_GROUP) {
+            *chunk = it->idx[k];
+            it->p += block_bytes(w->value_type);
+            return 1;
+        }
+        *chunk = k;
+        *mask = tern_rd32(it->p);
+        if (w->layout == TERN_SPARSE_NM24) { it->p += TERN_SPARSE_NM24_CHUNK_BYTES; return 1; }
+        if (!*mask) { it->p += 4; continue; }
+        it->p += 6 + (popcount32(*mask) + 1) / 2;
+        return 1;
+    }
+    return 0;
+}
+
 static void scalar_matmul(const tern_sparse_matrix *w, const tern_q8_block *a, int64_t m, float *out, int64_t ldo,
                           int64_t r0, int64_t r1) {
     const int64_t chunks = w->columns / 32;
@@ -61,26 +96,13 @@ static void scalar_matmul(const tern_sparse_matrix *w, const tern_q8_block *a, i
         for (int64_t i = 0; i < m; i++) {
             const tern_q8_block *ar = a + i * chunks;
             float acc = 0.0f;
-            if (w->layout == TERN_SPARSE_GROUP) {
-                const int bb = block_bytes(w->value_type);
-                const uint16_t *idx = (const uint16_t *)w->index + r * w->kept;
-                const uint8_t *b = w->values + (size_t)(r * w->kept) * (size_t)bb;
-                for (int64_t k = 0; k < w->kept; k++) acc += group_block_dot(w->value_type, b + k * bb, ar + idx[k]);
-            } else if (w->layout == TERN_SPARSE_NM24) {
-                const uint8_t *c = w->values + (size_t)(r * chunks) * TERN_SPARSE_NM24_CHUNK_BYTES;
-                for (int64_t k = 0; k < chunks; k++, c += TERN_SPARSE_NM24_CHUNK_BYTES)
-                    acc += masked_chunk_dot(tern_rd32(c), tern_h2f(tern_rd16(c + 4)), c + 6, ar + k);
-            } else {
-                uint64_t off;
-                memcpy(&off, w->index + 8 * r, 8);
-                const uint8_t *c = w->values + off;
-                for (int64_t k = 0; k < chunks; k++) {
-                    uint32_t mask = tern_rd32(c);
-                    if (!mask) { c += 4; continue; }
-                    acc += masked_chunk_dot(mask, tern_h2f(tern_rd16(c + 4)), c + 6, ar + k);
-                    c += 6 + (popcount32(mask) + 1) / 2;
-                }
-            }
+            chunk_walk it = walk_row(w, r);
+            int64_t c;
+            const uint8_t *p;
+            uint32_t mask = 0;
+            while (walk_next(w, &it, &c, &p, &mask))
+                acc += w->layout == TERN_SPARSE_GROUP ? group_block_dot(w->value_type, p, ar + c)
+                                                      : masked_chunk_dot(mask, tern_h2f(tern_rd16(p + 4)), p + 6, ar + c);
             out[i * ldo + r] = acc;
         }
     }
@@ -101,27 +123,14 @@ static void masked_chunk_decode(uint32_t mask, float d, const uint8_t *q, float 
 }
 
 void tern_sparse_dequantize_row(const tern_sparse_matrix *w, int64_t r, float *dst) {
-    const int64_t chunks = w->columns / 32;
     memset(dst, 0, sizeof(float) * (size_t)w->columns);
-    if (w->layout == TERN_SPARSE_GROUP) {
-        const int bb = block_bytes(w->value_type);
-        const uint16_t *idx = (const uint16_t *)w->index + r * w->kept;
-        const uint8_t *b = w->values + (size_t)(r * w->kept) * (size_t)bb;
-        for (int64_t k = 0; k < w->kept; k++) tern_dequantize_row(w->value_type, b + k * bb, dst + 32 * idx[k], 32);
-    } else if (w->layout == TERN_SPARSE_NM24) {
-        const uint8_t *c = w->values + (size_t)(r * chunks) * TERN_SPARSE_NM24_CHUNK_BYTES;
-        for (int64_t k = 0; k < chunks; k++, c += TERN_SPARSE_NM24_CHUNK_BYTES)
-            masked_chunk_decode(tern_rd32(c), tern_h2f(tern_rd16(c + 4)), c + 6, dst + 32 * k);
-    } else {
-        uint64_t off;
-        memcpy(&off, w->index + 8 * r, 8);
-        const uint8_t *c = w->values + off;
-        for (int64_t k = 0; k < chunks; k++) {
-            uint32_t mask = tern_rd32(c);
-            if (!mask) { c += 4; continue; }
-            masked_chunk_decode(mask, tern_h2f(tern_rd16(c + 4)), c + 6, dst + 32 * k);
-            c += 6 + (popcount32(mask) + 1) / 2;
-        }
+    chunk_walk it = walk_row(w, r);
+    int64_t c;
+    const uint8_t *p;
+    uint32_t mask = 0;
+    while (walk_next(w, &it, &c, &p, &mask)) {
+        if (w->layout == TERN_SPARSE_GROUP) tern_dequantize_row(w->value_type, p, dst + 32 * c, 32);
+        else masked_chunk_decode(mask, tern_h2f(tern_rd16(p + 4)), p + 6, dst + 32 * c);
     }
 }
 
