@@ -324,6 +324,29 @@ final class SparseTests: XCTestCase {
         XCTAssertLessThan(zip(a, b).map { abs($0 - $1) }.max()! / scale, 1e-4)
     }
 
+    func testDenseOctetsNeedingDifferentChunkCountsShareOnePaddedCount() throws {
+        // Three octets of a 24 x 256 Q4_0 matrix need 5, 6 and 3 of their 8 chunks: the group matrix keeps 6 per
+        // row (the largest need), padded with chunks that are zero, and decodes to the dense rows.
+        let rows = 24, columns = 256, rowBytes = columns / 32 * GGMLType.q4_0.blockBytes
+        let zeroChunks: [Set<Int>] = [[1, 2, 3], [5, 7], [0, 1, 2, 3, 4]]
+        var g = Values(state: 3)
+        let buffer = OwnedBuffer(size: rows * rowBytes)
+        for r in 0..<rows {
+            let x = (0..<columns).map { zeroChunks[r / 8].contains($0 / 32) ? 0 : g.next() }
+            XCTAssertEqual(tern_quantize_row(Int32(GGMLType.q4_0.rawValue), x, buffer.pointer + r * rowBytes, Int64(columns)), 0)
+        }
+        let dense = WeightTensor(name: "w", type: .q4_0, shape: [columns, rows], data: UnsafeRawPointer(buffer.pointer),
+                                 byteCount: rows * rowBytes, owner: buffer)
+        let found = try XCTUnwrap(SparseMatrix.groupSparse(fromDense: dense))
+        XCTAssertEqual(found.keptChunks, 6)
+        for r in 0..<rows {
+            var want = [Float](repeating: 0, count: columns)
+            want.withUnsafeMutableBufferPointer { dense.dequantizeRow(r, into: $0.baseAddress!) }
+            // Equal as numbers: a dense zero block decodes to -0 (0 × (0 - 8)), a dropped chunk to +0.
+            XCTAssertEqual(decoded(found, r), want, "row \(r)")
+        }
+    }
+
     func testConverterRejectsOptionsThatDoNotFit() throws {
         let src = try Checkpoint.open(path: TestPaths.fixture("llama/llama-f32.gguf"))
         let out = try TestPaths.temporaryDirectory() + "/x.gguf"

@@ -182,11 +182,11 @@ extension SparseMatrix {
         base.storeBytes(of: version.littleEndian, toByteOffset: 4, as: UInt16.self)
         base.storeBytes(of: UInt16(Layout.group.rawValue).littleEndian, toByteOffset: 6, as: UInt16.self)
         base.storeBytes(of: t.type.rawValue.littleEndian, toByteOffset: 8, as: UInt32.self)
-        for (off, v) in [(16, rows), (24, t.columns), (32, kept), (40, 0), (48, headerBytes), (56, indexBytes),
+        // The layout stores K chunks in every row (padding included), and its header counts them so.
+        for (off, v) in [(16, rows), (24, t.columns), (32, kept), (40, rows * kept * 32), (48, headerBytes), (56, indexBytes),
                          (64, valuesOffset), (72, rows * kept * bb)] {
             base.storeBytes(of: UInt64(v).littleEndian, toByteOffset: off, as: UInt64.self)
         }
-        var stored = 0
         r = 0
         for list in needed {
             let n = rows - r >= 8 ? 8 : 1
@@ -200,11 +200,9 @@ extension SparseMatrix {
                     base.storeBytes(of: chunk.littleEndian, toByteOffset: headerBytes + (row * kept + k) * 2, as: UInt16.self)
                     (base + valuesOffset + (row * kept + k) * bb).copyMemory(from: t.data + row * rowBytes + Int(chunk) * bb, byteCount: bb)
                 }
-                stored += list.count * 32
             }
             r += n
         }
-        base.storeBytes(of: UInt64(stored).littleEndian, toByteOffset: 40, as: UInt64.self)
         guard var m = try? SparseMatrix(blob: UnsafeRawPointer(base), byteCount: total, file: "", name: t.name) else { return nil }
         m.blobOwner = buffer
         return m
