@@ -52,12 +52,8 @@ struct ConvertCommand: ParsableCommand, EnvironmentReadable {
         var sparse: SparsityOptions?
         var statistics: ActivationStatistics?
         if let sparsity {
-            guard let pattern = SparsityOptions.Pattern(rawValue: sparsePattern) else {
-                throw UsageError("--sparse-pattern \(sparsePattern) is not one of \(SparsityOptions.Pattern.allCases.map(\.rawValue).joined(separator: ", "))")
-            }
-            guard let method = SparsityOptions.Method(rawValue: prune) else {
-                throw UsageError("--prune \(prune) is not one of \(SparsityOptions.Method.allCases.map(\.rawValue).joined(separator: ", "))")
-            }
+            let pattern: SparsityOptions.Pattern = try oneOf(sparsePattern, "sparse-pattern")
+            let method: SparsityOptions.Method = try oneOf(prune, "prune")
             let options = SparsityOptions(sparsity: sparsity, pattern: pattern, method: method, groupRows: groupRows)
             if let why = options.problem(valueType: type) { throw UsageError(why) }
             if method == .wanda && calibration == nil { throw UsageError("--prune wanda needs --calibration TEXT_FILE") }
@@ -66,7 +62,7 @@ struct ConvertCommand: ParsableCommand, EnvironmentReadable {
         } else if calibration != nil || prune != "magnitude" || sparsePattern != "unstructured" || groupRows != 8 {
             throw UsageError("--sparse-pattern, --prune, --calibration and --group-rows need --sparsity S")
         }
-        if let threads, threads < 1 { throw UsageError("--threads must be at least 1") }
+        if let threads { _ = try atLeast(threads, 1, "threads") }
         let ck = try Checkpoint.open(path: input)
         if let calibration {
             guard let text = try? String(contentsOfFile: calibration, encoding: .utf8) else {

@@ -147,6 +147,14 @@ struct UsageError: Error, CustomStringConvertible {
     init(_ d: String) { description = d }
 }
 
+/// A value that must name one case of `E`; the error lists them.
+func oneOf<E: RawRepresentable & CaseIterable>(_ value: String, _ option: String) throws -> E where E.RawValue == String {
+    guard let v = E(rawValue: value) else {
+        throw UsageError("--\(option) \(value) is not one of \(E.allCases.map(\.rawValue).joined(separator: ", "))")
+    }
+    return v
+}
+
 /// Range check with the wording the earlier hand-written parser used, which scripts may match.
 func atLeast(_ value: Int, _ minimum: Int, _ option: String) throws -> Int {
     guard value >= minimum else { throw UsageError("--\(option) must be at least \(minimum), got \(value)") }

@@ -15,6 +15,7 @@
 // Every inconsistency between companions, scales and config is a CheckpointError naming the file; nothing here may
 // trap.
 
+import CKernels
 import Foundation
 
 public enum CompressedTensors {
@@ -471,10 +472,12 @@ public enum CompressedTensors {
     private static func floats(_ t: Stored) throws -> [Float] {
         let count = t.info.shape.reduce(1, *)
         let p = t.file.file.base + t.info.fileOffset
+        if let type = floatType(t.info.dtype) {
+            var out = [Float](repeating: 0, count: count)
+            if count > 0 { out.withUnsafeMutableBufferPointer { tern_dequantize_row(Int32(type.rawValue), p, $0.baseAddress!, Int64(count)) } }
+            return out
+        }
         switch t.info.dtype {
-        case "F32": return (0..<count).map { p.loadUnaligned(fromByteOffset: $0 * 4, as: Float.self) }
-        case "F16": return (0..<count).map { Float(Float16(bitPattern: p.loadUnaligned(fromByteOffset: $0 * 2, as: UInt16.self))) }
-        case "BF16": return (0..<count).map { Float(bitPattern: UInt32(p.loadUnaligned(fromByteOffset: $0 * 2, as: UInt16.self)) << 16) }
         case "F8_E4M3": return (0..<count).map { fp8e4m3(p.load(fromByteOffset: $0, as: UInt8.self)) }
         default: return try integers(t).map { Float($0) }
         }

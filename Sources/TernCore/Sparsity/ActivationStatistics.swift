@@ -30,16 +30,14 @@ public final class ActivationStatistics {
 
     /// Adds the squares of `rows` × `columns` inputs of `layer`.
     func add(_ x: UnsafePointer<Float>, rows: Int, columns: Int, layer: Int, input: Input) {
-        let k = key(layer, input)
-        var s = sums[k] ?? [Double](repeating: 0, count: columns)
-        precondition(s.count == columns)
-        s.withUnsafeMutableBufferPointer { acc in
+        // Mutated in place in the dictionary: no copy of the sums per call.
+        sums[key(layer, input), default: [Double](repeating: 0, count: columns)].withUnsafeMutableBufferPointer { acc in
+            precondition(acc.count == columns)
             for r in 0..<rows {
                 let row = x + r * columns
                 for j in 0..<columns { acc[j] += Double(row[j]) * Double(row[j]) }
             }
         }
-        sums[k] = s
         if layer == 0 && input == .attention { rowsSeen += rows }
     }
 

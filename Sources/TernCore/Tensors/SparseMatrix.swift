@@ -45,7 +45,6 @@ public struct SparseMatrix: @unchecked Sendable {
     let valuesBytes: Int
 
     public var density: Double { Double(storedWeights) / Double(rows * columns) }
-    public var bitsPerWeight: Double { Double(blobBytes * 8) / Double(rows * columns) }
     /// Whether products read the load-time octet layout (group sparsity whose octets of rows agree).
     public var isPacked: Bool { matrix.packed != nil }
 
@@ -106,6 +105,20 @@ public struct SparseMatrix: @unchecked Sendable {
         self.matrix = m
         self.valuesOffset = valuesOffset
         self.valuesBytes = valuesBytes
+    }
+
+    /// Writes a blob's header (docs/SPARSE_FORMATS.md) at `p`, whose other header bytes the caller has zeroed.
+    static func writeHeader(_ p: UnsafeMutableRawPointer, layout: Layout, valueType: GGMLType, rows: Int, columns: Int,
+                            keptChunks: Int, storedWeights: Int, index: (offset: Int, bytes: Int),
+                            values: (offset: Int, bytes: Int)) {
+        p.storeBytes(of: magic.littleEndian, toByteOffset: 0, as: UInt32.self)
+        p.storeBytes(of: version.littleEndian, toByteOffset: 4, as: UInt16.self)
+        p.storeBytes(of: UInt16(layout.rawValue).littleEndian, toByteOffset: 6, as: UInt16.self)
+        p.storeBytes(of: valueType.rawValue.littleEndian, toByteOffset: 8, as: UInt32.self)
+        for (off, v) in [(16, rows), (24, columns), (32, keptChunks), (40, storedWeights),
+                         (48, index.offset), (56, index.bytes), (64, values.offset), (72, values.bytes)] {
+            p.storeBytes(of: UInt64(v).littleEndian, toByteOffset: off, as: UInt64.self)
+        }
     }
 
     /// out[i·ldo + r] for rows [r0, r1) and m activation rows (see tern_sparse_matmul).
@@ -178,15 +191,9 @@ extension SparseMatrix {
         let buffer = OwnedBuffer(size: total)
         let base = buffer.pointer
         base.initializeMemory(as: UInt8.self, repeating: 0, count: total)
-        base.storeBytes(of: magic.littleEndian, toByteOffset: 0, as: UInt32.self)
-        base.storeBytes(of: version.littleEndian, toByteOffset: 4, as: UInt16.self)
-        base.storeBytes(of: UInt16(Layout.group.rawValue).littleEndian, toByteOffset: 6, as: UInt16.self)
-        base.storeBytes(of: t.type.rawValue.littleEndian, toByteOffset: 8, as: UInt32.self)
         // The layout stores K chunks in every row (padding included), and its header counts them so.
-        for (off, v) in [(16, rows), (24, t.columns), (32, kept), (40, rows * kept * 32), (48, headerBytes), (56, indexBytes),
-                         (64, valuesOffset), (72, rows * kept * bb)] {
-            base.storeBytes(of: UInt64(v).littleEndian, toByteOffset: off, as: UInt64.self)
-        }
+        writeHeader(base, layout: .group, valueType: t.type, rows: rows, columns: t.columns, keptChunks: kept,
+                    storedWeights: rows * kept * 32, index: (headerBytes, indexBytes), values: (valuesOffset, rows * kept * bb))
         r = 0
         for list in needed {
             let n = rows - r >= 8 ? 8 : 1
@@ -280,14 +287,9 @@ public struct SparseMatrixWriter {
         let valuesOffset = aligned(indexOffset + index.count)
         var blob = Data(count: aligned(valuesOffset + values.count))
         blob.withUnsafeMutableBytes { b in
-            b.storeBytes(of: SparseMatrix.magic.littleEndian, toByteOffset: 0, as: UInt32.self)
-            b.storeBytes(of: SparseMatrix.version.littleEndian, toByteOffset: 4, as: UInt16.self)
-            b.storeBytes(of: UInt16(layout.rawValue).littleEndian, toByteOffset: 6, as: UInt16.self)
-            b.storeBytes(of: valueType.rawValue.littleEndian, toByteOffset: 8, as: UInt32.self)
-            for (off, v) in [(16, rows), (24, columns), (32, keptChunks), (40, stored),
-                             (48, indexOffset), (56, index.count), (64, valuesOffset), (72, values.count)] {
-                b.storeBytes(of: UInt64(v).littleEndian, toByteOffset: off, as: UInt64.self)
-            }
+            SparseMatrix.writeHeader(b.baseAddress!, layout: layout, valueType: valueType, rows: rows, columns: columns,
+                                     keptChunks: keptChunks, storedWeights: stored, index: (indexOffset, index.count),
+                                     values: (valuesOffset, values.count))
             for (bytes, offset) in [(index, indexOffset), (values, valuesOffset)] where !bytes.isEmpty {
                 bytes.withUnsafeBytes { b.baseAddress!.advanced(by: offset).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
             }
