@@ -4,17 +4,7 @@
 #include "kernels_internal.h"
 
 #ifdef TERN_X86
-#include <immintrin.h>
-
-#define TGT __attribute__((target("avx2,fma,f16c")))
-#define INL static inline __attribute__((always_inline)) TGT
-
-INL float hsum8(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
+#include "avx2_inline.h"
 
 INL float h2f(const uint8_t *p) { return _cvtsh_ss(tern_rd16(p)); }
 
@@ -54,11 +44,6 @@ TGT static void v_quantize_activations(const float *x, tern_q8_block *y, int64_t
 
 /* ---------- weight decoding ---------- */
 
-INL __m256i nibbles(const uint8_t *q) {
-    __m128i x = _mm_loadu_si128((const __m128i *)q);
-    __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(x), _mm_srli_epi16(x, 4), 1);
-    return _mm256_and_si256(v, _mm256_set1_epi8(0x0f));
-}
 
 /* 0x10 in byte j where bit j of qh is set */
 INL __m256i fifth_bits(uint32_t qh) {

@@ -14,10 +14,7 @@
 #include "kernels_internal.h"
 
 #ifdef TERN_X86
-#include <immintrin.h>
-
-#define TGT __attribute__((target("avx2,fma,f16c")))
-#define INL static inline __attribute__((always_inline)) TGT
+#include "avx2_inline.h"
 #define UNROLL _Pragma("GCC unroll 16")
 
 #ifndef PFD
@@ -28,9 +25,6 @@
    best: measured against 4 and 6) */
 enum { PR = TERN_PACK_ROWS, KCP = 32, MTM = 5 };
 
-INL __m256i bcast(const tern_q8_block *ab, int k) {
-    return _mm256_set1_epi32((int)tern_rd32((const uint8_t *)ab->q + 4 * k));
-}
 
 /* 8 row values per half (h) of a 16-entry per-row array of halves / bytes */
 INL __m256 halves8(const uint8_t *p, int h) { return _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(p + 16 * h))); }

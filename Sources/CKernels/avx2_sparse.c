@@ -13,10 +13,7 @@
 #include "sparse_internal.h"
 
 #ifdef TERN_X86
-#include <immintrin.h>
-
-#define TGT __attribute__((target("avx2,fma,f16c")))
-#define INL static inline __attribute__((always_inline)) TGT
+#include "avx2_inline.h"
 
 /* expand_table[b]: for each bit i of byte b, the number of set bits below i, or 0x80 (vpshufb's zero) where
    bit i is clear. Eight bytes per entry, one per column of the byte's 8 columns. */
@@ -35,13 +32,6 @@ __attribute__((constructor)) static void fill_expand_table(void) {
 }
 
 #define ONES64 0x0101010101010101ull
-
-INL float hsum8(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 
 /* vpshufb control for a 32-bit mask: column p gets the rank of its value among the chunk's kept values
    (0..31), or a byte with the top bit set. base1..3: kept values before bytes 1..3 of the mask. */
@@ -94,12 +84,6 @@ INL __m256 dot_unsigned(__m256i w, __m256i a) {
     return _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1)));
 }
 
-INL __m256i nibbles_ggml(const uint8_t *q) { /* Q4_0/Q4_1 order: value j low nibble of byte j, j+16 high */
-    __m128i x = _mm_loadu_si128((const __m128i *)q);
-    __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(x), _mm_srli_epi16(x, 4), 1);
-    return _mm256_and_si256(v, _mm256_set1_epi8(0x0f));
-}
-
 /* One weight row's cursor through its stored chunks. */
 typedef struct {
     const uint8_t *p;
@@ -137,13 +121,13 @@ typedef struct {
 #define STEP_Q4_0                                                                                                \
     c = *cur[j].idx++;                                                                                           \
     d = _cvtsh_ss(tern_rd16(cur[j].p));                                                                          \
-    w = _mm256_sub_epi8(nibbles_ggml(cur[j].p + 2), _mm256_set1_epi8(8));                                        \
+    w = _mm256_sub_epi8(nibbles(cur[j].p + 2), _mm256_set1_epi8(8));                                        \
     cur[j].p += Q4_0_BYTES;
 #define STEP_Q4_1                                                                                                \
     c = *cur[j].idx++;                                                                                           \
     d = _cvtsh_ss(tern_rd16(cur[j].p));                                                                          \
     mn = _cvtsh_ss(tern_rd16(cur[j].p + 2));                                                                     \
-    w = nibbles_ggml(cur[j].p + 4);                                                                              \
+    w = nibbles(cur[j].p + 4);                                                                              \
     cur[j].p += Q4_1_BYTES;
 #define STEP_Q8_0                                                                                                \
     c = *cur[j].idx++;                                                                                           \
@@ -303,10 +287,6 @@ TGT static void masked_rows(const tern_sparse_matrix *w, const tern_q8_block *a,
 
 /* ---------- GROUP matrices in the octet layout (tern_sparse_pack) ---------- */
 
-INL __m256i bcast4(const tern_q8_block *ab, int k) {
-    return _mm256_set1_epi32((int)tern_rd32((const uint8_t *)ab->q + 4 * k));
-}
-
 /* One octet (8 weight rows, its K records from rec) x MT activation rows; out[t * ldo + j] for row j of the
    octet. Per kept chunk: acc = fma(float(s), d * a.d, acc), then acc = fma(o, a.s, acc), o = -8d, m or -128d:
    the integer sums are exact, so each output's chain is the same in every tile. */
@@ -334,7 +314,7 @@ INL void octet_tile(const int type, const int MT, const uint8_t *rec, const uint
                 __m256i x = _mm256_loadu_si256((const __m256i *)(q + 32 * v));
                 __m256i l = _mm256_and_si256(x, lo4), u = _mm256_and_si256(_mm256_srli_epi16(x, 4), lo4);
                 for (int t = 0; t < MT; t++) {
-                    __m256i b = bcast4(a + t * chunks + c, v);
+                    __m256i b = bcast(a + t * chunks + c, v);
                     sl[t] = _mm256_add_epi16(sl[t], _mm256_maddubs_epi16(l, b));
                     sh[t] = _mm256_add_epi16(sh[t], _mm256_maddubs_epi16(u, b));
                 }
@@ -348,7 +328,7 @@ INL void octet_tile(const int type, const int MT, const uint8_t *rec, const uint
                 __m256i l = _mm256_and_si256(x, lo4), u = _mm256_and_si256(_mm256_srli_epi16(x, 4), lo4);
                 for (int t = 0; t < MT; t++) {
                     const tern_q8_block *ab = a + t * chunks + c;
-                    __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(l, bcast4(ab, v)), _mm256_maddubs_epi16(u, bcast4(ab, v + 4)));
+                    __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(l, bcast(ab, v)), _mm256_maddubs_epi16(u, bcast(ab, v + 4)));
                     s16[t] = v ? _mm256_add_epi16(s16[t], p) : p;
                 }
             }
