@@ -1,8 +1,13 @@
 /* Tiled attention (FlashAttention-style) for many query vectors at once: the query heads of a GQA group, over one
    or many query rows (a prefill chunk, or the decoding rows of sequences that share a prefix). Keys and values are
-   taken 16 positions at a time into a small f32 tile — keys transposed, so the scores of four queries against the
-   sixteen keys are eight independent FMA chains — and each query keeps a running maximum and sum (online
-   softmax), so the tile is read from the cache once for every query, not once per query head and row.
+   taken 16 positions at a time and each query keeps a running maximum and sum (online softmax), so a tile is read
+   from the cache once for every query, not once per query head and row.
+
+   The AVX2 path keeps keys row-major: a score is eight lane chains over the head dimension's 8-wide chunks, summed
+   in one fixed tree, and the weighted values are one chain per 8 columns over the tile's keys in order. Those
+   operations are the same whatever register tile a query shares (2 queries × 4 keys for a prefill chunk, all
+   heads of one decoding row straight from the cache without a copy), so relay passes, split keys and plain calls
+   agree bit for bit. The next tile's cache lines are requested a tile ahead.
 
    Tiles are cut at absolute positions (multiples of 16), whatever the segments look like, so a paged cache with
    any block size computes exactly what a contiguous one does. The scalar loops are the reference the tests hold
@@ -15,7 +20,7 @@
 #define TT 16
 
 size_t tern_attn_tiled_work_floats(int64_t hd, int64_t nq) {
-    return (size_t)(2 * TT * hd + nq * hd + nq * TT + 2 * nq + hd + 64);
+    return (size_t)(2 * TT * hd + nq * hd + nq * TT + 4 * nq + hd + 64);
 }
 
 /* Decodes row `r` (hd values of this head's slice) into f32. */
@@ -205,149 +210,331 @@ static inline uint32_t range_bits(int64_t a, int64_t lo, int64_t hi) {
     return (uint32_t)(((1ull << e) - 1) & ~((1ull << s) - 1));
 }
 
-/* 8 rows × 8 values (f32 or f16 at `row`, rows `stride` bytes apart) transposed into dst[i * TT + r]. */
-INL2 void transpose8(int t, const uint8_t *row, size_t stride, float *dst) {
-    __m256 r[8];
-    for (int i = 0; i < 8; i++) {
-        const uint8_t *p = row + (size_t)i * stride;
-        r[i] = t == TERN_F32 ? _mm256_loadu_ps((const float *)(const void *)p)
-                             : _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)p));
+/* Converts hd values of one f32 or f16 cache row to f32 (hd a multiple of 8). */
+INL2 void convert_row(int t, const uint8_t *r, int64_t hd, float *out) {
+    for (int64_t d = 0; d < hd; d += 8) {
+        const __m256 x = t == TERN_F32 ? _mm256_loadu_ps((const float *)(const void *)(r + 4 * d))
+                                       : _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(r + 2 * d)));
+        _mm256_storeu_ps(out + d, x);
     }
-    const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-    const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-    const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-    const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-    const __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0)), u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
-    const __m256 u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0)), u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
-    const __m256 u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0)), u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
-    const __m256 u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0)), u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
-    _mm256_storeu_ps(dst + 0 * TT, _mm256_permute2f128_ps(u0, u4, 0x20));
-    _mm256_storeu_ps(dst + 1 * TT, _mm256_permute2f128_ps(u1, u5, 0x20));
-    _mm256_storeu_ps(dst + 2 * TT, _mm256_permute2f128_ps(u2, u6, 0x20));
-    _mm256_storeu_ps(dst + 3 * TT, _mm256_permute2f128_ps(u3, u7, 0x20));
-    _mm256_storeu_ps(dst + 4 * TT, _mm256_permute2f128_ps(u0, u4, 0x31));
-    _mm256_storeu_ps(dst + 5 * TT, _mm256_permute2f128_ps(u1, u5, 0x31));
-    _mm256_storeu_ps(dst + 6 * TT, _mm256_permute2f128_ps(u2, u6, 0x31));
-    _mm256_storeu_ps(dst + 7 * TT, _mm256_permute2f128_ps(u3, u7, 0x31));
 }
 
-/* The common tile: all sixteen positions inside one segment and the key range, f32 or f16, hd a multiple of 8 —
-   keys go in by 8×8 register transposes and values by vector conversion, with no scalar stores. Returns 0 when
-   the tile is not of that kind (the caller then uses load_tile). */
-INL2 int load_full_tile_avx2(int t, int64_t hd, const tern_kv_segment *segs, int64_t nseg, int64_t *cursor,
+/* Fills the tile at positions [a, a + TT) row-major: kf[j * hd + d] = key j's element d, v[j * hd + d] likewise, and
+   returns the mask of positions present. The common tile (all sixteen in one segment and in the key range, f32 or
+   f16) is converted with vector loads; others row by row, absent rows zero so no NaN reaches the sums. */
+INL2 uint32_t load_tile_rows(int t, int64_t hd, const tern_kv_segment *segs, int64_t nseg, int64_t *cursor,
                              size_t layer_offset, size_t row_bytes, size_t head_offset, int64_t a, int64_t k_lo,
-                             int64_t k_hi, float *kt, float *v) {
-    if ((t != TERN_F32 && t != TERN_F16) || hd % 8 || a < k_lo || a + TT > k_hi) return 0;
+                             int64_t k_hi, float *kf, float *v) {
     int64_t s = *cursor;
     while (s < nseg && segs[s].first + segs[s].count <= a) s++;
     *cursor = s;
-    if (s >= nseg || segs[s].first > a || segs[s].first + segs[s].count < a + TT) return 0;
-    const size_t off = layer_offset + (size_t)(a - segs[s].first) * row_bytes + head_offset;
-    const uint8_t *k = (const uint8_t *)segs[s].keys + off, *vv = (const uint8_t *)segs[s].values + off;
-    const int es = t == TERN_F32 ? 4 : 2;
-    for (int64_t d = 0; d < hd; d += 8) {
-        transpose8(t, k + (size_t)d * es, row_bytes, kt + d * TT);
-        transpose8(t, k + 8 * row_bytes + (size_t)d * es, row_bytes, kt + d * TT + 8);
+    if ((t == TERN_F32 || t == TERN_F16) && a >= k_lo && a + TT <= k_hi && s < nseg && segs[s].first <= a &&
+        segs[s].first + segs[s].count >= a + TT) {
+        const size_t off = layer_offset + (size_t)(a - segs[s].first) * row_bytes + head_offset;
+        const uint8_t *k = (const uint8_t *)segs[s].keys + off, *vv = (const uint8_t *)segs[s].values + off;
+        for (int j = 0; j < TT; j++) {
+            convert_row(t, k + (size_t)j * row_bytes, hd, kf + j * hd);
+            convert_row(t, vv + (size_t)j * row_bytes, hd, v + j * hd);
+        }
+        return 0xffffu;
     }
-    for (int j = 0; j < TT; j++) {
-        const uint8_t *r = vv + (size_t)j * row_bytes;
-        for (int64_t d = 0; d < hd; d += 8) {
-            const __m256 x = t == TERN_F32 ? _mm256_loadu_ps((const float *)(const void *)(r + 4 * d))
-                                           : _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(r + 2 * d)));
-            _mm256_storeu_ps(v + j * hd + d, x);
+    uint32_t valid = 0;
+    memset(kf, 0, (size_t)(TT * hd) * sizeof(float));
+    memset(v, 0, (size_t)(TT * hd) * sizeof(float));
+    for (; s < nseg && segs[s].first < a + TT; s++) {
+        int64_t lo = segs[s].first > a ? segs[s].first : a;
+        int64_t hi = segs[s].first + segs[s].count < a + TT ? segs[s].first + segs[s].count : a + TT;
+        if (lo < k_lo) lo = k_lo;
+        if (hi > k_hi) hi = k_hi;
+        for (int64_t p = lo; p < hi; p++) {
+            const size_t off = layer_offset + (size_t)(p - segs[s].first) * row_bytes + head_offset;
+            const int j = (int)(p - a);
+            decode_row(t, (const uint8_t *)segs[s].keys + off, hd, kf + j * hd);
+            decode_row(t, (const uint8_t *)segs[s].values + off, hd, v + j * hd);
+            valid |= 1u << j;
         }
     }
-    return 1;
+    return valid;
 }
 
+/* Asks for the cache lines of the tile at [a, a + TT) ahead of its use: consecutive tiles usually lie in different
+   cache blocks (separate allocations, every layer's rows between them), which the hardware prefetchers do not
+   follow, so without this one decoding row waits on memory latency, not bandwidth. */
+INL2 void prefetch_tile(int t, int64_t hd, const tern_kv_segment *segs, int64_t nseg, int64_t s, size_t layer_offset,
+                        size_t row_bytes, size_t head_offset, int64_t a, int64_t k_hi) {
+    while (s < nseg && segs[s].first + segs[s].count <= a) s++;
+    if (s >= nseg || segs[s].first > a || a >= k_hi) return;
+    const size_t bytes = (size_t)hd * (t == TERN_F32 ? 4 : t == TERN_F16 ? 2 : 1) + (t == TERN_Q8_0 ? (size_t)hd / 16 : 0);
+    int64_t end = segs[s].first + segs[s].count;
+    if (end > a + TT) end = a + TT;
+    if (end > k_hi) end = k_hi;
+    const size_t off = layer_offset + (size_t)(a - segs[s].first) * row_bytes + head_offset;
+    const char *k = (const char *)segs[s].keys + off, *v = (const char *)segs[s].values + off;
+    for (int64_t p = a; p < end; p++, k += row_bytes, v += row_bytes)
+        for (size_t b = 0; b < bytes; b += 64) {
+            _mm_prefetch(k + b, _MM_HINT_T0);
+            _mm_prefetch(v + b, _MM_HINT_T0);
+        }
+}
+
+/* Four scores from four accumulators of 8 lanes: lane sums in one fixed tree, ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7)),
+   so a score is the same whichever queries and keys share its register tile. */
+INL2 __m128 reduce4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+/* Scores of queries qa and qb (qb may be NULL) against keys j0..j0+3 of the tile: per key, lane l sums q[8c+l]·k[8c+l]
+   over the chunks c in order, then reduce4. Two queries share each key load. */
+INL2 void scores4(const float *qa, const float *qb, const float *kf, int64_t hd, int j0, __m128 scale, float *sa,
+                  float *sb) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+    const float *k0 = kf + j0 * hd, *k1 = k0 + hd, *k2 = k1 + hd, *k3 = k2 + hd;
+    if (qb) {
+        for (int64_t c = 0; c < hd; c += 8) {
+            const __m256 x = _mm256_loadu_ps(qa + c), y = _mm256_loadu_ps(qb + c);
+            __m256 k = _mm256_loadu_ps(k0 + c);
+            a0 = _mm256_fmadd_ps(x, k, a0);
+            b0 = _mm256_fmadd_ps(y, k, b0);
+            k = _mm256_loadu_ps(k1 + c);
+            a1 = _mm256_fmadd_ps(x, k, a1);
+            b1 = _mm256_fmadd_ps(y, k, b1);
+            k = _mm256_loadu_ps(k2 + c);
+            a2 = _mm256_fmadd_ps(x, k, a2);
+            b2 = _mm256_fmadd_ps(y, k, b2);
+            k = _mm256_loadu_ps(k3 + c);
+            a3 = _mm256_fmadd_ps(x, k, a3);
+            b3 = _mm256_fmadd_ps(y, k, b3);
+        }
+        _mm_storeu_ps(sb + j0, _mm_mul_ps(reduce4(b0, b1, b2, b3), scale));
+    } else {
+        for (int64_t c = 0; c < hd; c += 8) {
+            const __m256 x = _mm256_loadu_ps(qa + c);
+            a0 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k0 + c), a0);
+            a1 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k1 + c), a1);
+            a2 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k2 + c), a2);
+            a3 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k3 + c), a3);
+        }
+    }
+    _mm_storeu_ps(sa + j0, _mm_mul_ps(reduce4(a0, a1, a2, a3), scale));
+}
+
+/* acc = acc·alpha + Σ_j p_j v_j over the 8-wide chunks [c, c + n·8) of the head for queries a and b (b may be
+   NULL), n ≤ 4: per chunk one chain, acc·alpha then the sixteen keys in order — the same operations whichever query
+   shares the tile and whichever path runs it, so a query's result does not depend on its neighbours. */
+INL2 void weigh_values(const float *pa, const float *pb, __m256 alpha_a, __m256 alpha_b, const float *v, int64_t hd,
+                       int64_t c, int n, float *acc_a, float *acc_b) {
+    __m256 xa[4], xb[4];
+    for (int k = 0; k < n; k++) {
+        xa[k] = _mm256_mul_ps(_mm256_loadu_ps(acc_a + c + 8 * k), alpha_a);
+        xb[k] = pb ? _mm256_mul_ps(_mm256_loadu_ps(acc_b + c + 8 * k), alpha_b) : xa[k];
+    }
+    for (int j = 0; j < TT; j++) {
+        const float *vj = v + j * hd + c;
+        const __m256 ba = _mm256_broadcast_ss(pa + j);
+        if (pb) {
+            const __m256 bb = _mm256_broadcast_ss(pb + j);
+            for (int k = 0; k < n; k++) {
+                const __m256 x = _mm256_loadu_ps(vj + 8 * k);
+                xa[k] = _mm256_fmadd_ps(ba, x, xa[k]);
+                xb[k] = _mm256_fmadd_ps(bb, x, xb[k]);
+            }
+        } else {
+            for (int k = 0; k < n; k++) xa[k] = _mm256_fmadd_ps(ba, _mm256_loadu_ps(vj + 8 * k), xa[k]);
+        }
+    }
+    for (int k = 0; k < n; k++) {
+        _mm256_storeu_ps(acc_a + c + 8 * k, xa[k]);
+        if (pb) _mm256_storeu_ps(acc_b + c + 8 * k, xb[k]);
+    }
+}
+
+/* 8 values of a cache row at element d, as f32. */
+INL2 __m256 cache8(int t, const uint8_t *row, int64_t d) {
+    return t == TERN_F32 ? _mm256_loadu_ps((const float *)(const void *)(row + 4 * d))
+                         : _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(row + 2 * d)));
+}
+
+/* Few queries (N ≤ 4: one decoding row's heads) over a whole f32/f16 tile straight from the cache, with no tile
+   copy: each key chunk is converted once for all N queries. The arithmetic is scores4's and weigh_values', so a
+   query gets the same bits here as in a tile of many. */
+INL2 void direct_scores(int t, int N, const float *const *qp, const uint8_t *k, size_t row_bytes, int64_t hd,
+                        __m128 scale, float *const *sp) {
+    for (int j = 0; j < TT; j += 2) {
+        const uint8_t *k0 = k + (size_t)j * row_bytes, *k1 = k0 + row_bytes;
+        __m256 a0[4], a1[4];
+        for (int u = 0; u < 4; u++) { a0[u] = _mm256_setzero_ps(); a1[u] = a0[u]; }
+        for (int64_t c = 0; c < hd; c += 8) {
+            const __m256 x0 = cache8(t, k0, c), x1 = cache8(t, k1, c);
+            for (int u = 0; u < N; u++) {
+                const __m256 y = _mm256_loadu_ps(qp[u] + c);
+                a0[u] = _mm256_fmadd_ps(y, x0, a0[u]);
+                a1[u] = _mm256_fmadd_ps(y, x1, a1[u]);
+            }
+        }
+        for (int u = 0; u < N; u += 2) {
+            const int w = u + 1 < N ? u + 1 : u;
+            float s4[4];
+            _mm_storeu_ps(s4, _mm_mul_ps(reduce4(a0[u], a1[u], a0[w], a1[w]), scale));
+            sp[u][j] = s4[0];
+            sp[u][j + 1] = s4[1];
+            sp[w][j] = s4[2];
+            sp[w][j + 1] = s4[3];
+        }
+    }
+}
+
+/* Columns [c, c + n·8) of N queries (both constants where called, so the tile lives in registers). */
+INL2 void direct_values_at(int t, int N, int n, const float *const *pp, const float *alpha, const uint8_t *v,
+                           size_t row_bytes, int64_t c, float *const *ap) {
+    __m256 x[4][4];
+    for (int u = 0; u < N; u++) {
+        const __m256 al = _mm256_set1_ps(alpha[u]);
+        for (int k = 0; k < n; k++) x[u][k] = _mm256_mul_ps(_mm256_loadu_ps(ap[u] + c + 8 * k), al);
+    }
+    for (int j = 0; j < TT; j++) {
+        const uint8_t *vj = v + (size_t)j * row_bytes;
+        __m256 y[4];
+        for (int k = 0; k < n; k++) y[k] = cache8(t, vj, c + 8 * k);
+        for (int u = 0; u < N; u++) {
+            const __m256 b = _mm256_broadcast_ss(pp[u] + j);
+            for (int k = 0; k < n; k++) x[u][k] = _mm256_fmadd_ps(b, y[k], x[u][k]);
+        }
+    }
+    for (int u = 0; u < N; u++)
+        for (int k = 0; k < n; k++) _mm256_storeu_ps(ap[u] + c + 8 * k, x[u][k]);
+}
+
+INL2 void direct_values(int t, int N, const float *const *pp, const float *alpha, const uint8_t *v, size_t row_bytes,
+                        int64_t hd, float *const *ap) {
+    int64_t c = 0;
+    if (N <= 2)
+        for (; c + 32 <= hd; c += 32) direct_values_at(t, N, 4, pp, alpha, v, row_bytes, c, ap);
+    else
+        for (; c + 16 <= hd; c += 16) direct_values_at(t, N, 2, pp, alpha, v, row_bytes, c, ap);
+    for (; c < hd; c += 8) direct_values_at(t, N, 1, pp, alpha, v, row_bytes, c, ap);
+}
+
+/* The cache rows of a whole f32/f16 tile at [a, a + TT), or NULL when the tile is not of that kind. */
+INL2 const uint8_t *whole_tile(int t, const tern_kv_segment *segs, int64_t nseg, int64_t *cursor, size_t layer_offset,
+                               size_t row_bytes, size_t head_offset, int64_t a, int64_t k_lo, int64_t k_hi,
+                               const uint8_t **values) {
+    int64_t s = *cursor;
+    while (s < nseg && segs[s].first + segs[s].count <= a) s++;
+    *cursor = s;
+    if ((t != TERN_F32 && t != TERN_F16) || a < k_lo || a + TT > k_hi || s >= nseg || segs[s].first > a ||
+        segs[s].first + segs[s].count < a + TT)
+        return NULL;
+    const size_t off = layer_offset + (size_t)(a - segs[s].first) * row_bytes + head_offset;
+    *values = (const uint8_t *)segs[s].values + off;
+    return (const uint8_t *)segs[s].keys + off;
+}
+
+/* The AVX2 tile (hd a multiple of 8): scores with the keys row-major, so a tile needs a conversion, not a transpose,
+   and few queries (one decoding row) cost little more than the tile's bytes; every product in 2 × 4 or 2 × 16
+   register tiles. */
 TGT2 static void tiled_avx2(int t, int64_t hd, float scale, const float *q, int64_t rows, int64_t heads,
                             size_t q_row_stride, int64_t pos0, int64_t window, const tern_kv_segment *segs, int64_t nseg,
                             size_t layer_offset, size_t row_bytes, size_t head_offset, int64_t k_lo, int64_t k_hi,
                             float *work, float *out, size_t out_row_stride, float *lse, const float *state_in,
                             float *state_out) {
     const int64_t nq = rows * heads;
-    float *kt, *v, *acc, *sc, *m, *l, *tmp;
+    float *kf, *v, *acc, *sc, *m, *l, *tmp;
     int64_t first, last;
-    begin(work, hd, nq, rows, pos0, window, k_lo, k_hi, &kt, &v, &acc, &sc, &m, &l, &tmp, &first, &last);
+    begin(work, hd, nq, rows, pos0, window, k_lo, k_hi, &kf, &v, &acc, &sc, &m, &l, &tmp, &first, &last);
+    float *alpha = tmp + hd;
+    int32_t *active = (int32_t *)(void *)(alpha + nq);
     if (state_in) load_state(hd, nq, state_in, acc, m, l);
-    const __m256 vscale = _mm256_set1_ps(scale);
+    const __m128 vscale = _mm_set1_ps(scale);
+    const __m256 ninf = _mm256_set1_ps(-INFINITY);
     int64_t cursor = 0;
     for (int64_t a = first - first % TT; a < last; a += TT) {
-        const uint32_t valid = load_full_tile_avx2(t, hd, segs, nseg, &cursor, layer_offset, row_bytes, head_offset, a, k_lo,
-                                                   k_hi, kt, v)
-                                   ? 0xffffu
-                                   : load_tile(t, hd, segs, nseg, &cursor, layer_offset, row_bytes, head_offset, a, k_lo, k_hi, kt, v, tmp);
+        /* One decoding row's heads read a whole f32/f16 tile where it lies; anything else goes through the copy. */
+        const uint8_t *vrows = NULL;
+        const uint8_t *krows = nq <= 4 ? whole_tile(t, segs, nseg, &cursor, layer_offset, row_bytes, head_offset, a, k_lo,
+                                                    k_hi, &vrows)
+                                       : NULL;
+        const uint32_t valid = krows ? 0xffffu
+                                     : load_tile_rows(t, hd, segs, nseg, &cursor, layer_offset, row_bytes, head_offset, a,
+                                                      k_lo, k_hi, kf, v);
+        if (a + TT < last) prefetch_tile(t, hd, segs, nseg, cursor, layer_offset, row_bytes, head_offset, a + TT, k_hi);
         if (!valid) continue;
-        /* Raw scores, four queries at a time against the sixteen keys. */
-        int64_t i = 0;
-        for (; i + 4 <= nq; i += 4) {
-            const float *qp[4];
-            for (int u = 0; u < 4; u++) qp[u] = q + (size_t)((i + u) / heads) * q_row_stride + (size_t)((i + u) % heads) * hd;
-            __m256 s0[4], s1[4];
-            for (int u = 0; u < 4; u++) { s0[u] = _mm256_setzero_ps(); s1[u] = _mm256_setzero_ps(); }
-            for (int64_t d = 0; d < hd; d++) {
-                const __m256 k0 = _mm256_loadu_ps(kt + d * TT), k1 = _mm256_loadu_ps(kt + d * TT + 8);
-                for (int u = 0; u < 4; u++) {
-                    const __m256 b = _mm256_broadcast_ss(qp[u] + d);
-                    s0[u] = _mm256_fmadd_ps(b, k0, s0[u]);
-                    s1[u] = _mm256_fmadd_ps(b, k1, s1[u]);
-                }
-            }
-            for (int u = 0; u < 4; u++) {
-                _mm256_storeu_ps(sc + (i + u) * TT, _mm256_mul_ps(s0[u], vscale));
-                _mm256_storeu_ps(sc + (i + u) * TT + 8, _mm256_mul_ps(s1[u], vscale));
-            }
-        }
-        for (; i < nq; i++) {
-            const float *qi = q + (size_t)(i / heads) * q_row_stride + (size_t)(i % heads) * hd;
-            __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-            for (int64_t d = 0; d < hd; d++) {
-                const __m256 b = _mm256_broadcast_ss(qi + d);
-                s0 = _mm256_fmadd_ps(b, _mm256_loadu_ps(kt + d * TT), s0);
-                s1 = _mm256_fmadd_ps(b, _mm256_loadu_ps(kt + d * TT + 8), s1);
-            }
-            _mm256_storeu_ps(sc + i * TT, _mm256_mul_ps(s0, vscale));
-            _mm256_storeu_ps(sc + i * TT + 8, _mm256_mul_ps(s1, vscale));
-        }
-        /* Online softmax and the weighted values, query by query. */
-        const __m256 ninf = _mm256_set1_ps(-INFINITY);
-        for (i = 0; i < nq; i++) {
-            const int64_t r = i / heads;
+        /* Which queries see any key of the tile, and their raw scores (two queries share each key load). */
+        int64_t nact = 0;
+        for (int64_t i = 0; i < nq; i++) {
             int64_t lo, hi;
-            visible(pos0, r, window, k_lo, k_hi, &lo, &hi);
+            visible(pos0, i / heads, window, k_lo, k_hi, &lo, &hi);
+            if (valid & range_bits(a, lo, hi)) active[nact++] = (int32_t)i;
+        }
+        if (!nact) continue;
+        int64_t u = 0;
+        const float *qp[4], *pp[4];
+        float *sp[4], *ap[4], al[4];
+        if (krows) {
+            for (u = 0; u < nact; u++) {
+                const int64_t i = active[u];
+                qp[u] = q + (size_t)(i / heads) * q_row_stride + (size_t)(i % heads) * hd;
+                sp[u] = sc + i * TT;
+            }
+            switch (nact) {
+            case 1: direct_scores(t, 1, qp, krows, row_bytes, hd, vscale, sp); break;
+            case 2: direct_scores(t, 2, qp, krows, row_bytes, hd, vscale, sp); break;
+            case 3: direct_scores(t, 3, qp, krows, row_bytes, hd, vscale, sp); break;
+            default: direct_scores(t, 4, qp, krows, row_bytes, hd, vscale, sp); break;
+            }
+            u = nact;
+        }
+        for (; u < nact; u += 2) {
+            const int64_t i = active[u], i2 = u + 1 < nact ? active[u + 1] : -1;
+            const float *qa = q + (size_t)(i / heads) * q_row_stride + (size_t)(i % heads) * hd;
+            const float *qb = i2 >= 0 ? q + (size_t)(i2 / heads) * q_row_stride + (size_t)(i2 % heads) * hd : NULL;
+            for (int j0 = 0; j0 < TT; j0 += 4)
+                if (valid >> j0 & 15) scores4(qa, qb, kf, hd, j0, vscale, sc + i * TT, i2 >= 0 ? sc + i2 * TT : sc + i * TT);
+        }
+        /* Online softmax, query by query; the scores become the tile's weights in place. */
+        for (u = 0; u < nact; u++) {
+            const int64_t i = active[u];
+            int64_t lo, hi;
+            visible(pos0, i / heads, window, k_lo, k_hi, &lo, &hi);
             const uint32_t keep = valid & range_bits(a, lo, hi);
-            if (!keep) continue;
             const __m256 mk0 = lane_mask(keep & 0xff), mk1 = lane_mask(keep >> 8);
             const __m256 x0 = _mm256_blendv_ps(ninf, _mm256_loadu_ps(sc + i * TT), mk0);
             const __m256 x1 = _mm256_blendv_ps(ninf, _mm256_loadu_ps(sc + i * TT + 8), mk1);
             const float mt = hmax8(_mm256_max_ps(x0, x1));
             const float mn = m[i] > mt ? m[i] : mt;
-            const float alpha = m[i] == -INFINITY ? 0.0f : expf(m[i] - mn);
+            alpha[i] = m[i] == -INFINITY ? 0.0f : expf(m[i] - mn);
             const __m256 vm = _mm256_set1_ps(mn);
             const __m256 p0 = _mm256_and_ps(exp256(_mm256_sub_ps(x0, vm)), mk0);
             const __m256 p1 = _mm256_and_ps(exp256(_mm256_sub_ps(x1, vm)), mk1);
-            float p[TT];
-            _mm256_storeu_ps(p, p0);
-            _mm256_storeu_ps(p + 8, p1);
-            l[i] = l[i] * alpha + hsum8(_mm256_add_ps(p0, p1));
+            _mm256_storeu_ps(sc + i * TT, p0);
+            _mm256_storeu_ps(sc + i * TT + 8, p1);
+            l[i] = l[i] * alpha[i] + hsum8(_mm256_add_ps(p0, p1));
             m[i] = mn;
-            float *ai = acc + i * hd;
-            const __m256 va = _mm256_set1_ps(alpha);
+        }
+        /* The weighted values, two queries × 32 columns at a time. */
+        if (krows) {
+            for (u = 0; u < nact; u++) {
+                const int64_t i = active[u];
+                pp[u] = sc + i * TT;
+                ap[u] = acc + i * hd;
+                al[u] = alpha[i];
+            }
+            switch (nact) {
+            case 1: direct_values(t, 1, pp, al, vrows, row_bytes, hd, ap); break;
+            case 2: direct_values(t, 2, pp, al, vrows, row_bytes, hd, ap); break;
+            case 3: direct_values(t, 3, pp, al, vrows, row_bytes, hd, ap); break;
+            default: direct_values(t, 4, pp, al, vrows, row_bytes, hd, ap); break;
+            }
+            continue;
+        }
+        for (u = 0; u < nact; u += 2) {
+            const int64_t i = active[u], i2 = u + 1 < nact ? active[u + 1] : -1;
+            const float *pb = i2 >= 0 ? sc + i2 * TT : NULL;
+            const __m256 ala = _mm256_set1_ps(alpha[i]), alb = _mm256_set1_ps(i2 >= 0 ? alpha[i2] : 0.0f);
+            float *acc_b = i2 >= 0 ? acc + i2 * hd : NULL;
             int64_t c = 0;
-            for (; c + 8 <= hd; c += 8) {
-                __m256 x = _mm256_mul_ps(_mm256_loadu_ps(ai + c), va);
-                __m256 y = _mm256_setzero_ps();
-                for (int j = 0; j < TT; j += 2) {
-                    x = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), _mm256_loadu_ps(v + j * hd + c), x);
-                    y = _mm256_fmadd_ps(_mm256_set1_ps(p[j + 1]), _mm256_loadu_ps(v + (j + 1) * hd + c), y);
-                }
-                _mm256_storeu_ps(ai + c, _mm256_add_ps(x, y));
-            }
-            for (; c < hd; c++) {
-                float x = ai[c] * alpha;
-                for (int j = 0; j < TT; j++) x += p[j] * v[j * hd + c];
-                ai[c] = x;
-            }
+            for (; c + 16 <= hd; c += 16) weigh_values(sc + i * TT, pb, ala, alb, v, hd, c, 2, acc + i * hd, acc_b);
+            for (; c < hd; c += 8) weigh_values(sc + i * TT, pb, ala, alb, v, hd, c, 1, acc + i * hd, acc_b);
         }
     }
     if (state_out) save_state(hd, nq, acc, m, l, state_out);
@@ -363,7 +550,7 @@ void tern_attn_tiled_state(int kv_type, int64_t hd, float scale, const float *q,
     if (rows <= 0 || heads <= 0 || hd <= 0) return;
     if (kv_type == TERN_Q8_0 && hd % TERN_QK != 0) return;
 #ifdef TERN_X86
-    if (tern_active_path() >= TERN_PATH_AVX2) {
+    if (tern_active_path() >= TERN_PATH_AVX2 && hd % 8 == 0) {
         tiled_avx2(kv_type, hd, scale, q, rows, heads, q_row_stride, pos0, window, segs, nseg, layer_offset, row_bytes,
                    head_offset, k_lo, k_hi, work, out, out_row_stride, lse, state_in, state_out);
         return;

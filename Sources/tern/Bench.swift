@@ -79,7 +79,7 @@ func runBench(_ o: BenchCommand) throws {
         let blockBytes = 16 * layout.layersPerBlock * 2 * storage.rowBytes(llama.kvDim) * layout.groups.count
         let blocks = ((context + 15) / 16 + 2) * (batch + 1)
         let kvPool = try KVBlockPool(layers: layout.layersPerBlock, rowWidth: llama.kvDim, blockSize: 16, storage: storage,
-                                     bytes: blocks * blockBytes)
+                                     bytes: blocks * blockBytes, kvHeads: llama.config.kvHeadCount)
         if eviction.isActive && !Engine.canEvict(loaded) { throw UsageError("--kv-policy: \(model.architecture) cannot evict (fixed state or sliding-window layers)") }
         let heads = llama.config.kvHeadCount, headDim = llama.config.headDim
         makeMemory = {

@@ -95,8 +95,11 @@ final class EngineTests: XCTestCase {
         let ws = m.model.makeWorkspace(maxTokens: 32, maxContext: 64, pool: WorkerPool(threads: 2))
         let a = try m.model.forward(tokens: tokens, memory: m.model.makeMemory(capacity: 64), workspace: ws, logitRows: 0..<12)
         let contiguous = Array(UnsafeBufferPointer(start: a, count: 12 * m.model.vocabularySize))
-        for storage in [KVStorage.f32, .f16] {
-            let pool = try KVBlockPool(layers: 2, rowWidth: 32, blockSize: 5, storage: storage, bytes: 1 << 20)
+        // Whole rows together (one "head" of 32 values) and each KV head's rows together, as the engine keeps them.
+        let kvHeads = try XCTUnwrap(m.llama).config.kvHeadCount
+        XCTAssertGreaterThan(kvHeads, 1)
+        for (storage, heads) in [(KVStorage.f32, 1), (.f32, kvHeads), (.f16, kvHeads)] {
+            let pool = try KVBlockPool(layers: 2, rowWidth: 32, blockSize: 5, storage: storage, bytes: 1 << 20, kvHeads: heads)
             let paged = PagedKVMemory(pool: pool, capacity: 64)
             // Feed in uneven chunks so blocks fill across calls.
             var got: [Float] = []
@@ -124,7 +127,8 @@ final class EngineTests: XCTestCase {
         let a = try m.model.forward(tokens: prompt, memory: m.model.makeMemory(capacity: 128), workspace: ws,
                                     logitRows: (prompt.count - 1)..<prompt.count)
         let exact = Array(UnsafeBufferPointer(start: a, count: v))
-        let pool = try KVBlockPool(layers: llama.config.layerCount, rowWidth: llama.kvDim, blockSize: 16, storage: .q8_0, bytes: 8 << 20)
+        let pool = try KVBlockPool(layers: llama.config.layerCount, rowWidth: llama.kvDim, blockSize: 16, storage: .q8_0, bytes: 8 << 20,
+                                   kvHeads: llama.config.kvHeadCount)
         let b = try m.model.forward(tokens: prompt, memory: PagedKVMemory(pool: pool, capacity: 128), workspace: ws,
                                     logitRows: (prompt.count - 1)..<prompt.count)
         let q8 = Array(UnsafeBufferPointer(start: b, count: v))
@@ -388,7 +392,7 @@ final class SharedPromptTests: XCTestCase {
             var results: [[Float]] = []
             for relay in [false, true] {
                 let pool = try KVBlockPool(layers: llama.config.layerCount, rowWidth: llama.kvDim, blockSize: blockSize, storage: .f32,
-                                           bytes: 16 << 20)
+                                           bytes: 16 << 20, kvHeads: llama.config.kvHeadCount)
                 let ws = m.model.makeWorkspace(maxTokens: 128, maxContext: 256, pool: WorkerPool(threads: 2))
                 ws.relayEnabled = relay
                 let a = PagedKVMemory(pool: pool, capacity: 256)

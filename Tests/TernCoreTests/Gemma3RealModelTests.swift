@@ -78,7 +78,8 @@ final class Gemma3RealModelTests: XCTestCase {
         let v = llama.vocabularySize
         let ws = llama.makeWorkspace(maxTokens: 256, maxContext: 1024, pool: WorkerPool(threads: 2))
         let layout = llama.cacheLayout
-        let pool = try KVBlockPool(layers: layout.layersPerBlock, rowWidth: llama.kvDim, blockSize: 16, storage: .f16, bytes: 64 << 20)
+        let pool = try KVBlockPool(layers: layout.layersPerBlock, rowWidth: llama.kvDim, blockSize: 16, storage: .f16, bytes: 64 << 20,
+                                   kvHeads: llama.config.kvHeadCount)
         let memories: [KVMemory] = [llama.makeKVMemory(capacity: 1024), PagedKVMemory(pool: pool, capacity: 1024, layout: layout)]
         for memory in memories {
             var table: [Int: [Float]] = [:]

@@ -113,7 +113,8 @@ final class Gemma3Tests: XCTestCase {
         let layout = llama.cacheLayout
         let contiguous = try allPositionLogits(llama, tokens: c.tokens, batch: 64)
         for chunks in [[6, 3, 1, 1, 13], [7, 1, 1, 1, 2, 12], [9, 15], [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 14]] {
-            let pool = try KVBlockPool(layers: layout.layersPerBlock, rowWidth: llama.kvDim, blockSize: 4, storage: .f32, bytes: 1 << 20)
+            let pool = try KVBlockPool(layers: layout.layersPerBlock, rowWidth: llama.kvDim, blockSize: 4, storage: .f32, bytes: 1 << 20,
+                                       kvHeads: llama.config.kvHeadCount)
             let memory = PagedKVMemory(pool: pool, capacity: 64, layout: layout)
             let ws = llama.makeWorkspace(maxTokens: 32, maxContext: 64, pool: WorkerPool(threads: 2))
             var position = 0

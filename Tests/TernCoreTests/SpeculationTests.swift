@@ -121,13 +121,21 @@ final class SpeculationTests: XCTestCase {
             let e = try makeEngine(m, speculation: config)
             // One at a time (a lone stream), then all together (verification rows beside other decodes).
             var solo: [[Int32]] = []
-            for p in prompts { solo.append(try runSucceeding(e, [p])[0].tokens[0] ?? []) }
+            var repeatMetrics: SpeculationMetrics?
+            for p in prompts {
+                solo.append(try runSucceeding(e, [p])[0].tokens[0] ?? [])
+                if repeatMetrics == nil { repeatMetrics = e.metrics().speculation }  // the repeat prompt runs first
+            }
             let together = try runSucceeding(e, prompts)
             XCTAssertEqual(solo, expected, "adaptive \(adaptive): one stream")
             XCTAssertEqual(together.map { $0.tokens[0] ?? [] }, expected, "adaptive \(adaptive): batched")
             let metrics = e.metrics().speculation
             XCTAssertGreaterThan(metrics.draftedTokens, 0)
-            XCTAssertGreaterThan(metrics.acceptedTokens, metrics.draftedTokens / 4, "the repeat prompt is mostly accepted")
+            // The repeat prompt's output follows its prompt, so most of its drafts are accepted (the other two
+            // prompts' drafts mostly are not, so the totals say little).
+            let r = try XCTUnwrap(repeatMetrics)
+            XCTAssertGreaterThan(r.draftedTokens, 0)
+            XCTAssertGreaterThan(r.acceptedTokens, r.draftedTokens / 2, "the repeat prompt is mostly accepted")
             XCTAssertEqual(metrics.draftedByPosition.first, metrics.verifications)
             assertAllBlocksFree(e)  // rejected drafts' blocks went back
             e.stop()

@@ -48,6 +48,11 @@ public protocol KVMemory: SequenceMemory {
     func appendSegments(group: Int, below positions: Int, to segments: inout [tern_kv_segment])
     /// Byte distance from a row of the group's first layer to the same row of `layer`.
     func layerOffset(_ layer: Int) -> Int
+    /// Bytes from one stored row of a KV head's slice to the next row's (the kernels' row stride).
+    var kvRowStride: Int { get }
+    /// Where the slice starting at value `valueIndex` of a row (a KV head's first value) lies, in bytes from the
+    /// row's start as a segment points at it.
+    func kvSliceOffset(_ valueIndex: Int) -> Int
     /// Positions an eviction policy dropped: segments number rows in storage order, so a query at position p is
     /// at p − droppedPositions for the attention kernels (0 without eviction).
     var droppedPositions: Int { get }
@@ -111,6 +116,10 @@ public final class ContiguousKVMemory: KVMemory {
     }
 
     public func layerOffset(_ layer: Int) -> Int { layer * layerStride * MemoryLayout<Float>.stride }
+
+    public var kvRowStride: Int { storage.rowBytes(rowWidth) }
+
+    public func kvSliceOffset(_ valueIndex: Int) -> Int { storage.rowBytes(valueIndex) }
 
     public var droppedPositions: Int { 0 }
 

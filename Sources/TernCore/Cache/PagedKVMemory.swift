@@ -121,19 +121,24 @@ public final class PagedKVMemory: KVMemory {
         let row = position - t.dropped
         let b = t.blocks[row / bs]
         precondition(b != KVBlockPool.nullBlock, "writing position \(position) of a block the window released")
-        let offset = (row % bs) * pool.storage.rowBytes(rowWidth)
         let slot = layout.slotOfLayer[layer]
-        let kd = pool.keys(block: b, layer: slot) + offset, vd = pool.values(block: b, layer: slot) + offset
-        switch pool.storage {
-        case .f32:
-            kd.assumingMemoryBound(to: Float.self).update(from: key, count: rowWidth)
-            vd.assumingMemoryBound(to: Float.self).update(from: value, count: rowWidth)
-        case .f16:
-            tern_f32_to_f16(key, kd.assumingMemoryBound(to: UInt16.self), Int64(rowWidth))
-            tern_f32_to_f16(value, vd.assumingMemoryBound(to: UInt16.self), Int64(rowWidth))
-        case .q8_0:
-            _ = tern_quantize_row(Int32(TERN_Q8_0), key, kd, Int64(rowWidth))
-            _ = tern_quantize_row(Int32(TERN_Q8_0), value, vd, Int64(rowWidth))
+        let kBase = pool.keys(block: b, layer: slot), vBase = pool.values(block: b, layer: slot)
+        // One slice per KV head: the pool keeps a head's rows together.
+        let width = rowWidth / pool.kvHeads
+        for h in 0..<pool.kvHeads {
+            let offset = pool.offset(row: row % bs, valueIndex: h * width)
+            let kd = kBase + offset, vd = vBase + offset, k = key + h * width, v = value + h * width
+            switch pool.storage {
+            case .f32:
+                kd.assumingMemoryBound(to: Float.self).update(from: k, count: width)
+                vd.assumingMemoryBound(to: Float.self).update(from: v, count: width)
+            case .f16:
+                tern_f32_to_f16(k, kd.assumingMemoryBound(to: UInt16.self), Int64(width))
+                tern_f32_to_f16(v, vd.assumingMemoryBound(to: UInt16.self), Int64(width))
+            case .q8_0:
+                _ = tern_quantize_row(Int32(TERN_Q8_0), k, kd, Int64(width))
+                _ = tern_quantize_row(Int32(TERN_Q8_0), v, vd, Int64(width))
+            }
         }
     }
 
@@ -155,6 +160,10 @@ public final class PagedKVMemory: KVMemory {
     }
 
     public func layerOffset(_ layer: Int) -> Int { pool.layerOffset(slot: layout.slotOfLayer[layer]) }
+
+    public var kvRowStride: Int { pool.headBytes }
+
+    public func kvSliceOffset(_ valueIndex: Int) -> Int { pool.offset(row: 0, valueIndex: valueIndex) }
 
     public func commit(_ n: Int) {
         count = min(count + n, writableUpTo)
@@ -370,14 +379,14 @@ public final class PagedKVMemory: KVMemory {
             pool.release(tables[0].blocks[i])
             tables[0].blocks[i] = fresh
         }
-        let rowBytes = pool.storage.rowBytes(rowWidth), headBytes = pool.storage.rowBytes(ev.headDim)
+        let headBytes = pool.storage.rowBytes(ev.headDim)
         for (i, m) in moves.enumerated() {
             precondition(m.holes.count == m.movers.count)
             let slot = layout.slotOfLayer[i / ev.kvHeads]
-            let head = (i % ev.kvHeads) * headBytes
+            let head = (i % ev.kvHeads) * ev.headDim
             for (to, from) in zip(m.holes, m.movers) {
                 let src = tables[0].blocks[from / bs], dst = tables[0].blocks[to / bs]
-                let so = (from % bs) * rowBytes + head, dO = (to % bs) * rowBytes + head
+                let so = pool.offset(row: from % bs, valueIndex: head), dO = pool.offset(row: to % bs, valueIndex: head)
                 (pool.keys(block: dst, layer: slot) + dO).copyMemory(from: pool.keys(block: src, layer: slot) + so, byteCount: headBytes)
                 (pool.values(block: dst, layer: slot) + dO).copyMemory(from: pool.values(block: src, layer: slot) + so, byteCount: headBytes)
                 ev.move(i, from: from, to: to)

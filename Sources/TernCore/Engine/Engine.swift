@@ -54,7 +54,8 @@ public final class Engine: @unchecked Sendable {
                 throw CheckpointError(file: loaded.checkpoint.path, "q8_0 KV storage needs a head dimension that is a multiple of 32 (this model's is \(llama.config.headDim))")
             }
             kvPool = try KVBlockPool(layers: llama.cacheLayout.layersPerBlock, rowWidth: llama.kvDim, blockSize: configuration.blockSize,
-                                     storage: configuration.kvStorage, bytes: configuration.kvCacheBytes)
+                                     storage: configuration.kvStorage, bytes: configuration.kvCacheBytes,
+                                     kvHeads: llama.config.kvHeadCount)
             if let cap = configuration.prefixCacheMaxBytes { kvPool?.maxIdleCachedBlocks = max(0, cap / kvPool!.blockBytes) }
         } else {
             kvPool = nil

@@ -54,7 +54,8 @@ public enum Perplexity {
             let layout = llama.cacheLayout
             let rows = min(context, eviction.budget + batch) + 2 * 16
             let pool = try KVBlockPool(layers: layout.layersPerBlock, rowWidth: llama.kvDim, blockSize: 16, storage: .f32,
-                                       bytes: (rows / 16 + 1) * 16 * layout.layersPerBlock * 2 * KVStorage.f32.rowBytes(llama.kvDim))
+                                       bytes: (rows / 16 + 1) * 16 * layout.layersPerBlock * 2 * KVStorage.f32.rowBytes(llama.kvDim),
+                                       kvHeads: llama.config.kvHeadCount)
             makeMemory = {
                 let memory = PagedKVMemory(pool: pool, capacity: context, layout: layout)
                 memory.enableEviction(eviction, kvHeads: llama.config.kvHeadCount, headDim: llama.config.headDim)

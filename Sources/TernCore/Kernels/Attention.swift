@@ -227,10 +227,10 @@ enum Attention {
                         let task = tasks[t]
                         t += threads
                         let memory = memories[task.item]
-                        let (kvType, sliceOffset) = kvSlice(memory.storage, kvHead: task.kvHead, hd: hd)
+                        let kvType = memory.storage.kernelType, sliceOffset = memory.kvSliceOffset(task.kvHead * hd)
                         let range = metadata.range(item: task.item, group: cacheGroup)
                         let qBase = q + task.row0 * qDim + task.kvHead * group * hd
-                        let rowBytes = memory.storage.rowBytes(memory.rowWidth)
+                        let rowBytes = memory.kvRowStride
                         if metadata.sinks[task.item] != nil {
                             rowsWithSink(task: task, q: qBase, qDim: qDim, group: group, hd: hd, scale: scale, window: window,
                                          kvType: kvType, sliceOffset: sliceOffset, rowBytes: rowBytes, segs: segs, range: range,
@@ -304,12 +304,6 @@ enum Attention {
                                   out + task.row0 * qDim + head0 * hd, qDim, lse,
                                   ws.relayState + (task.gathered * headCount + head0) * stateSize, nil)
         }
-    }
-
-    /// The kernels' element type and the byte offset of a KV head's slice in a stored row.
-    @inline(__always)
-    static func kvSlice(_ storage: KVStorage, kvHead: Int, hd: Int) -> (Int32, Int) {
-        (storage.kernelType, kvHead * storage.rowBytes(hd))
     }
 
     /// The two-pass kernel, row by row, adding every row's weights to the item's sink.

@@ -36,7 +36,8 @@ final class DraftModelRunner {
         loaded = draft
         layout = llama.cacheLayout
         self.contextLength = contextLength
-        pool = try KVBlockPool(layers: layout.layersPerBlock, rowWidth: llama.kvDim, blockSize: 16, storage: .f16, bytes: kvBytes)
+        pool = try KVBlockPool(layers: layout.layersPerBlock, rowWidth: llama.kvDim, blockSize: 16, storage: .f16, bytes: kvBytes,
+                               kvHeads: llama.config.kvHeadCount)
         workspace = draft.model.makeWorkspace(maxTokens: maxBatchTokens, maxContext: contextLength, pool: workers)
         relativeWeight = Double(draft.model.weightBytesPerToken) / Double(max(1, target.model.weightBytesPerToken))
     }
