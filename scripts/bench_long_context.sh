@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Long-context figures side by side with llama.cpp (flash attention on), in one run: prompt processing at 128, 512,
 # 2048 and 4096 tokens, and generation at depth 0 and 4096. The engines alternate for ROUNDS rounds and medians
-# are reported. Needs a release build and llama-cpp-python (see bench_llamacpp.py).
+# are reported. Tern keeps its KV in the server's paged f16 blocks, as llama.cpp keeps f16 KV. Needs a release
+# build and llama-cpp-python (see bench_llamacpp.py).
 # Usage: scripts/bench_long_context.sh [ROUNDS=2] [THREADS=2] [MODEL]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +17,7 @@ printf "%-22s %9s %9s %7s\n" measure tern llama.cpp ratio
 run() {   # label, tern args, llama args, field
     local t=() c=()
     for _ in $(seq "$rounds"); do
-        t+=("$("$tern" bench --model "$model" --threads "$threads" --repetitions 1 --json $2 2>/dev/null | field "$4")")
+        t+=("$("$tern" bench --model "$model" --threads "$threads" --repetitions 1 --kv-type f16 --json $2 2>/dev/null | field "$4")")
         c+=("$(python3 scripts/bench_llamacpp.py "$model" --threads "$threads" --repetitions 1 --flash-attn $3 | field "$4")")
     done
     local mt mc

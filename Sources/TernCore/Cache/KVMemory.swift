@@ -67,13 +67,16 @@ public struct KVMemoryFullError: Error, CustomStringConvertible {
     public var description: String { "context is full (\(capacity) positions)" }
 }
 
-/// One f32 slab per layer for keys and one for values. Not thread-safe: owned by the engine thread; the forward
-/// pass reads it from worker threads only while the engine thread waits for them.
+/// One f32 slab per layer for keys and one for values, each KV head's positions together in it (so one head's
+/// attention reads contiguous memory, as in the paged pool). Not thread-safe: owned by the engine thread; the
+/// forward pass reads it from worker threads only while the engine thread waits for them.
 public final class ContiguousKVMemory: KVMemory {
     public let layerCount: Int
     public let rowWidth: Int
     public let capacity: Int
     public let layout: KVCacheLayout
+    /// KV heads a row holds; each head's rows lie together in a layer's slab.
+    public let kvHeads: Int
     public var storage: KVStorage { .f32 }
     public private(set) var count = 0
     private let keys: UnsafeMutablePointer<Float>
@@ -82,9 +85,11 @@ public final class ContiguousKVMemory: KVMemory {
 
     /// Every group of `layout` reads the same slabs (nothing is released); a window group's limit is applied by
     /// the attention kernel, which clips each query to its window.
-    public init(layers: Int, rowWidth: Int, capacity: Int, layout: KVCacheLayout? = nil) {
+    public init(layers: Int, rowWidth: Int, capacity: Int, layout: KVCacheLayout? = nil, kvHeads: Int = 1) {
+        precondition(kvHeads > 0 && rowWidth % kvHeads == 0)
         self.layerCount = layers
         self.rowWidth = rowWidth
+        self.kvHeads = kvHeads
         self.capacity = capacity
         layerStride = capacity * rowWidth
         self.layout = layout ?? .fullAttention(layers: layers)
@@ -103,8 +108,12 @@ public final class ContiguousKVMemory: KVMemory {
     }
 
     public func store(layer: Int, position: Int, key: UnsafePointer<Float>, value: UnsafePointer<Float>) {
-        (keys + layer * layerStride + position * rowWidth).update(from: key, count: rowWidth)
-        (values + layer * layerStride + position * rowWidth).update(from: value, count: rowWidth)
+        let width = rowWidth / kvHeads
+        for h in 0..<kvHeads {
+            let at = layer * layerStride + h * capacity * width + position * width
+            (keys + at).update(from: key + h * width, count: width)
+            (values + at).update(from: value + h * width, count: width)
+        }
     }
 
     public func storedRows(group: Int) -> Int { count }
@@ -117,9 +126,12 @@ public final class ContiguousKVMemory: KVMemory {
 
     public func layerOffset(_ layer: Int) -> Int { layer * layerStride * MemoryLayout<Float>.stride }
 
-    public var kvRowStride: Int { storage.rowBytes(rowWidth) }
+    public var kvRowStride: Int { storage.rowBytes(rowWidth / kvHeads) }
 
-    public func kvSliceOffset(_ valueIndex: Int) -> Int { storage.rowBytes(valueIndex) }
+    public func kvSliceOffset(_ valueIndex: Int) -> Int {
+        let width = rowWidth / kvHeads
+        return storage.rowBytes(valueIndex / width * capacity * width + valueIndex % width)
+    }
 
     public var droppedPositions: Int { 0 }
 

@@ -176,7 +176,8 @@ public final class LlamaModel: LanguageModel {
     }
 
     public func makeKVMemory(capacity: Int) -> ContiguousKVMemory {
-        ContiguousKVMemory(layers: config.layerCount, rowWidth: kvDim, capacity: capacity, layout: cacheLayout)
+        ContiguousKVMemory(layers: config.layerCount, rowWidth: kvDim, capacity: capacity, layout: cacheLayout,
+                           kvHeads: config.kvHeadCount)
     }
 
     public func makeWorkspace(maxTokens: Int, maxContext: Int, pool: WorkerPool) -> ModelWorkspace {
