@@ -20,7 +20,7 @@
 #define TT 16
 
 size_t tern_attn_tiled_work_floats(int64_t hd, int64_t nq) {
-    return (size_t)(2 * TT * hd + nq * hd + nq * TT + 4 * nq + hd + 64);
+    return (size_t)(2 * TT * hd + nq * hd + nq * TT + 4 * nq + 64);
 }
 
 /* Decodes row `r` (hd values of this head's slice) into f32. */
@@ -35,13 +35,14 @@ static void decode_row(int t, const uint8_t *r, int64_t hd, float *out) {
     }
 }
 
-/* Fills the tile at positions [a, a + TT): kt[d * TT + j] = key j's element d, v[j * hd + d], and returns the mask of
-   positions present (in a segment and in [k_lo, k_hi)). Absent positions are zero, so no NaN reaches the sums. */
+/* Fills the tile at positions [a, a + TT) row-major, kf[j * hd + d] = key j's element d and v[j * hd + d] likewise,
+   and returns the mask of positions present (in a segment and in [k_lo, k_hi)). Absent positions are zero, so no
+   NaN reaches the sums. */
 static uint32_t load_tile(int t, int64_t hd, const tern_kv_segment *segs, int64_t nseg, int64_t *cursor,
                           size_t layer_offset, size_t row_bytes, size_t head_offset, int64_t a, int64_t k_lo,
-                          int64_t k_hi, float *kt, float *v, float *tmp) {
+                          int64_t k_hi, float *kf, float *v) {
     uint32_t valid = 0;
-    memset(kt, 0, (size_t)(TT * hd) * sizeof(float));
+    memset(kf, 0, (size_t)(TT * hd) * sizeof(float));
     memset(v, 0, (size_t)(TT * hd) * sizeof(float));
     int64_t s = *cursor;
     while (s < nseg && segs[s].first + segs[s].count <= a) s++;
@@ -54,8 +55,7 @@ static uint32_t load_tile(int t, int64_t hd, const tern_kv_segment *segs, int64_
         for (int64_t p = lo; p < hi; p++) {
             const size_t off = layer_offset + (size_t)(p - segs[s].first) * row_bytes + head_offset;
             const int j = (int)(p - a);
-            decode_row(t, (const uint8_t *)segs[s].keys + off, hd, tmp);
-            for (int64_t d = 0; d < hd; d++) kt[d * TT + j] = tmp[d];
+            decode_row(t, (const uint8_t *)segs[s].keys + off, hd, kf + j * hd);
             decode_row(t, (const uint8_t *)segs[s].values + off, hd, v + j * hd);
             valid |= 1u << j;
         }
@@ -73,18 +73,19 @@ static inline void visible(int64_t pos0, int64_t r, int64_t window, int64_t k_lo
     *hi = h;
 }
 
-/* Lays the work buffer out (key tile, value tile, accumulators, scores, running max and sum, a row), clears the
-   running state, and finds the key positions any query row sees. */
+/* Lays the work buffer out (key tile, value tile, accumulators, scores, running max and sum, then room for each
+   query's rescale factor and the list of queries a tile touches), clears the running state, and finds the key
+   positions any query row sees. */
 static void begin(float *work, int64_t hd, int64_t nq, int64_t rows, int64_t pos0, int64_t window, int64_t k_lo,
-                  int64_t k_hi, float **kt, float **v, float **acc, float **sc, float **m, float **l, float **tmp,
+                  int64_t k_hi, float **kf, float **v, float **acc, float **sc, float **m, float **l, float **alpha,
                   int64_t *first, int64_t *last) {
-    *kt = work;
-    *v = *kt + TT * hd;
+    *kf = work;
+    *v = *kf + TT * hd;
     *acc = *v + TT * hd;
     *sc = *acc + nq * hd;
     *m = *sc + nq * TT;
     *l = *m + nq;
-    *tmp = *l + nq;
+    *alpha = *l + nq;
     for (int64_t i = 0; i < nq; i++) { (*m)[i] = -INFINITY; (*l)[i] = 0; }
     memset(*acc, 0, (size_t)(nq * hd) * sizeof(float));
     visible(pos0, 0, window, k_lo, k_hi, first, last);
@@ -134,13 +135,13 @@ static void tiled_scalar(int t, int64_t hd, float scale, const float *q, int64_t
                          float *work, float *out, size_t out_row_stride, float *lse, const float *state_in,
                          float *state_out) {
     const int64_t nq = rows * heads;
-    float *kt, *v, *acc, *sc, *m, *l, *tmp;
+    float *kf, *v, *acc, *sc, *m, *l, *alpha;
     int64_t first, last;
-    begin(work, hd, nq, rows, pos0, window, k_lo, k_hi, &kt, &v, &acc, &sc, &m, &l, &tmp, &first, &last);
+    begin(work, hd, nq, rows, pos0, window, k_lo, k_hi, &kf, &v, &acc, &sc, &m, &l, &alpha, &first, &last);
     if (state_in) load_state(hd, nq, state_in, acc, m, l);
     int64_t cursor = 0;
     for (int64_t a = first - first % TT; a < last; a += TT) {
-        const uint32_t valid = load_tile(t, hd, segs, nseg, &cursor, layer_offset, row_bytes, head_offset, a, k_lo, k_hi, kt, v, tmp);
+        const uint32_t valid = load_tile(t, hd, segs, nseg, &cursor, layer_offset, row_bytes, head_offset, a, k_lo, k_hi, kf, v);
         if (!valid) continue;
         for (int64_t i = 0; i < nq; i++) {
             const int64_t r = i / heads;
@@ -152,7 +153,7 @@ static void tiled_scalar(int t, int64_t hd, float scale, const float *q, int64_t
                 const int64_t p = a + j;
                 if (!(valid >> j & 1) || p < lo || p >= hi) { s[j] = -INFINITY; continue; }
                 float d = 0;
-                for (int64_t k = 0; k < hd; k++) d += qi[k] * kt[k * TT + j];
+                for (int64_t k = 0; k < hd; k++) d += qi[k] * kf[j * hd + k];
                 s[j] = d * scale;
                 if (s[j] > mt) mt = s[j];
             }
@@ -219,9 +220,8 @@ INL2 void convert_row(int t, const uint8_t *r, int64_t hd, float *out) {
     }
 }
 
-/* Fills the tile at positions [a, a + TT) row-major: kf[j * hd + d] = key j's element d, v[j * hd + d] likewise, and
-   returns the mask of positions present. The common tile (all sixteen in one segment and in the key range, f32 or
-   f16) is converted with vector loads; others row by row, absent rows zero so no NaN reaches the sums. */
+/* load_tile, with the common tile (all sixteen in one segment and in the key range, f32 or f16) converted by vector
+   loads. */
 INL2 uint32_t load_tile_rows(int t, int64_t hd, const tern_kv_segment *segs, int64_t nseg, int64_t *cursor,
                              size_t layer_offset, size_t row_bytes, size_t head_offset, int64_t a, int64_t k_lo,
                              int64_t k_hi, float *kf, float *v) {
@@ -238,23 +238,7 @@ INL2 uint32_t load_tile_rows(int t, int64_t hd, const tern_kv_segment *segs, int
         }
         return 0xffffu;
     }
-    uint32_t valid = 0;
-    memset(kf, 0, (size_t)(TT * hd) * sizeof(float));
-    memset(v, 0, (size_t)(TT * hd) * sizeof(float));
-    for (; s < nseg && segs[s].first < a + TT; s++) {
-        int64_t lo = segs[s].first > a ? segs[s].first : a;
-        int64_t hi = segs[s].first + segs[s].count < a + TT ? segs[s].first + segs[s].count : a + TT;
-        if (lo < k_lo) lo = k_lo;
-        if (hi > k_hi) hi = k_hi;
-        for (int64_t p = lo; p < hi; p++) {
-            const size_t off = layer_offset + (size_t)(p - segs[s].first) * row_bytes + head_offset;
-            const int j = (int)(p - a);
-            decode_row(t, (const uint8_t *)segs[s].keys + off, hd, kf + j * hd);
-            decode_row(t, (const uint8_t *)segs[s].values + off, hd, v + j * hd);
-            valid |= 1u << j;
-        }
-    }
-    return valid;
+    return load_tile(t, hd, segs, nseg, cursor, layer_offset, row_bytes, head_offset, a, k_lo, k_hi, kf, v);
 }
 
 /* Asks for the cache lines of the tile at [a, a + TT) ahead of its use: consecutive tiles usually lie in different
@@ -439,10 +423,9 @@ TGT2 static void tiled_avx2(int t, int64_t hd, float scale, const float *q, int6
                             float *work, float *out, size_t out_row_stride, float *lse, const float *state_in,
                             float *state_out) {
     const int64_t nq = rows * heads;
-    float *kf, *v, *acc, *sc, *m, *l, *tmp;
+    float *kf, *v, *acc, *sc, *m, *l, *alpha;
     int64_t first, last;
-    begin(work, hd, nq, rows, pos0, window, k_lo, k_hi, &kf, &v, &acc, &sc, &m, &l, &tmp, &first, &last);
-    float *alpha = tmp + hd;
+    begin(work, hd, nq, rows, pos0, window, k_lo, k_hi, &kf, &v, &acc, &sc, &m, &l, &alpha, &first, &last);
     int32_t *active = (int32_t *)(void *)(alpha + nq);
     if (state_in) load_state(hd, nq, state_in, acc, m, l);
     const __m128 vscale = _mm_set1_ps(scale);
