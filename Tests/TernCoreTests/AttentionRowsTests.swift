@@ -151,6 +151,45 @@ final class AttentionRowsTests: XCTestCase {
         }
     }
 
+    /// One decoding row's heads (at most four queries) read whole f16/f32 tiles straight from the cache; more
+    /// queries go through a tile copy. A query must get the same bits either way — relay passes and split keys
+    /// mix the two — and match the reference, for head dims 64, 128 and 256 (SmolLM2, Llama, Gemma 3).
+    func testDecodingTileEqualsBatchedTileBitForBit() {
+        var rng = Random(state: 33)
+        for path in AttentionKernelTests.paths {
+            tern_force_path(path)
+            for (name, type) in AttentionKernelTests.types {
+                for hd in [64, 128, 256] {
+                    let n = 75
+                    let seg = AttentionKernelTests.segment(type, hd: hd, n: n, head: 1, rng: &rng)
+                    seg.bytes.withUnsafeBytes { raw in
+                        let (segs, positions) = pieces(raw.baseAddress!, stride: seg.stride, lengths: [n], gap: 0)
+                        let q = rng.array(8 * hd)
+                        // The first `heads` query heads alone, or beside others (8 queries: the copied tile).
+                        func attend(_ heads: Int, of all: Int) -> [Float] {
+                            var out = [Float](repeating: .nan, count: all * hd), lse = [Float](repeating: .nan, count: all)
+                            var work = [Float](repeating: 0, count: tern_attn_tiled_work_floats(Int64(hd), Int64(all)))
+                            tern_attn_tiled(type, Int64(hd), 0.1, q, 1, Int64(all), all * hd, Int64(n - 1), 0, segs, 1, 0,
+                                            seg.stride, seg.offset, 0, Int64(n), &work, &out, all * hd, &lse)
+                            return Array(out[0..<(heads * hd)]) + Array(lse[0..<heads])
+                        }
+                        for heads in [1, 3, 4] {
+                            let what = "\(name) path \(path) hd \(hd) heads \(heads)"
+                            let alone = attend(heads, of: heads)
+                            XCTAssertEqual(alone, attend(heads, of: 8), what)
+                            for h in 0..<heads {
+                                let want = reference(Array(q[(h * hd)..<((h + 1) * hd)]), seg.decoded, positions: positions,
+                                                     lo: 0, hi: n, scale: 0.1)
+                                XCTAssertEqual(Double(alone[heads * hd + h]), want.lse, accuracy: 1e-4 * max(1, abs(want.lse)), what)
+                                for d in 0..<hd { XCTAssertEqual(Double(alone[h * hd + d]), want.out[d], accuracy: 3e-5, what) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// tern_attn_tiled: rows × heads queries, causal per row, optional window and key range, against the Double
     /// reference on every path; and one segment or many give the same bits.
     func testTiledMatchesReference() {
