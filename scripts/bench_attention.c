@@ -40,7 +40,7 @@ int main(int argc, char **argv) {
     float lse[16 * 3];
     for (int64_t i = 0; i < 16 * heads * kvh * hd; i++) q[i] = frand();
     /* Each KV head's rows of a block together, as the pool keeps them; TERN_BENCH_ROW_MAJOR=1: whole rows together
-       (the pool's layout before, 1.8x slower for one decoding row at depth 4096 on the AVX2 machine). */
+       (the pool's layout before, 1.7x slower for one decoding row at depth 4096 on the AVX2 machine). */
     const int head_major = getenv("TERN_BENCH_ROW_MAJOR") == NULL;
     float *work = malloc(sizeof(float) * tern_attn_tiled_work_floats(hd, 16 * heads));
     const float scale = 1.0f / 8.0f;

@@ -415,8 +415,8 @@ INL2 const uint8_t *whole_tile(int t, const tern_kv_segment *segs, int64_t nseg,
 }
 
 /* The AVX2 tile (hd a multiple of 8): scores with the keys row-major, so a tile needs a conversion, not a transpose,
-   and few queries (one decoding row) cost little more than the tile's bytes; every product in 2 × 4 or 2 × 16
-   register tiles. */
+   and a task of at most four queries (one decoding row's heads) reads whole f32/f16 tiles from the cache without
+   a copy; larger tasks copy the tile once and run 2-query × 4-key score tiles and 2-query × 32-column value tiles. */
 TGT2 static void tiled_avx2(int t, int64_t hd, float scale, const float *q, int64_t rows, int64_t heads,
                             size_t q_row_stride, int64_t pos0, int64_t window, const tern_kv_segment *segs, int64_t nseg,
                             size_t layer_offset, size_t row_bytes, size_t head_offset, int64_t k_lo, int64_t k_hi,
@@ -432,7 +432,8 @@ TGT2 static void tiled_avx2(int t, int64_t hd, float scale, const float *q, int6
     const __m256 ninf = _mm256_set1_ps(-INFINITY);
     int64_t cursor = 0;
     for (int64_t a = first - first % TT; a < last; a += TT) {
-        /* One decoding row's heads read a whole f32/f16 tile where it lies; anything else goes through the copy. */
+        /* At most four queries (one decoding row's heads) read a whole f32/f16 tile where it lies; anything else goes
+           through the copy. */
         const uint8_t *vrows = NULL;
         const uint8_t *krows = nq <= 4 ? whole_tile(t, segs, nseg, &cursor, layer_offset, row_bytes, head_offset, a, k_lo,
                                                     k_hi, &vrows)

@@ -75,6 +75,9 @@ func runBench(_ o: BenchCommand) throws {
             throw UsageError("--kv-type must be contiguous, f32, f16 or q8_0, got '\(o.kvType)'")
         }
         guard let llama = loaded.llama else { throw UsageError("--kv-type \(o.kvType) needs a transformer (this model keeps a recurrent state)") }
+        if storage == .q8_0 && llama.config.headDim % 32 != 0 {
+            throw UsageError("--kv-type q8_0 needs a head dimension that is a multiple of 32 (this model's is \(llama.config.headDim))")
+        }
         let layout = llama.cacheLayout
         let blockBytes = 16 * layout.layersPerBlock * 2 * storage.rowBytes(llama.kvDim) * layout.groups.count
         let blocks = ((context + 15) / 16 + 2) * (batch + 1)

@@ -72,7 +72,7 @@ final class CacheGroupTests: XCTestCase {
             var out = [Float](repeating: 0, count: hd), lse: Float = 0
             var scratch = [Float](repeating: 0, count: 256)
             tern_attn_rows(Int32(TERN_F32), Int64(hd), 0.25, q, 1, hd, segments, Int64(segments.count), memory.layerOffset(l),
-                           width * 4, 0, Int64(lo), Int64(p + 1), &scratch, &out, hd, &lse, nil)
+                           memory.kvRowStride, memory.kvSliceOffset(0), Int64(lo), Int64(p + 1), &scratch, &out, hd, &lse, nil)
             var s = (lo...p).map { j in Double(zip(q, keys[l][j]).map { Double($0) * Double($1) }.reduce(0, +)) * 0.25 }
             let mx = s.max()!
             s = s.map { exp($0 - mx) }

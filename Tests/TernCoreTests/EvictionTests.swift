@@ -31,10 +31,12 @@ final class EvictionTests: XCTestCase {
         let cfg = m.llama!.config
         let vocab = m.model.vocabularySize
         let ws = m.model.makeWorkspace(maxTokens: 16, maxContext: 128, pool: WorkerPool(threads: 2))
-        for name in ["none", "window", "alisa", "dms"] {
+        // Whole rows together and each KV head's rows together (the engine's layout): evictions move per head.
+        for (name, heads) in ["none", "window", "alisa", "dms"].flatMap({ n in [(n, 1), (n, cfg.kvHeadCount)] }) {
             let expected = try XCTUnwrap(ref.cases[name])
             // Blocks of 16 positions, like the server's: the budget is one block, a 5-row chunk spills into a second.
-            let pool = try KVBlockPool(layers: 2, rowWidth: 32, blockSize: 16, storage: .f32, bytes: 8 * 16 * 2 * 2 * 32 * 4)
+            let pool = try KVBlockPool(layers: 2, rowWidth: 32, blockSize: 16, storage: .f32, bytes: 8 * 16 * 2 * 2 * 32 * 4,
+                                       kvHeads: heads)
             let memory = PagedKVMemory(pool: pool, capacity: 128)
             let settings = EvictionSettings(policy: EvictionPolicy(rawValue: name)!, budget: ref.budget,
                                             sinkTokens: ref.sink_tokens, recentWindow: ref.recent_window,
@@ -48,7 +50,7 @@ final class EvictionTests: XCTestCase {
                                                               logitRows: (n - 1)..<n, scoreSink: sink)], workspace: ws)
                 var worst = 0.0
                 for j in 0..<vocab { worst = max(worst, abs(Double(logits[j]) - expected.logits[i][j])) }
-                XCTAssertLessThan(worst, 2e-4, "\(name): logits of chunk \(i) (positions up to \(start + n - 1))")
+                XCTAssertLessThan(worst, 2e-4, "\(name), pool kvHeads \(heads): logits of chunk \(i) (positions up to \(start + n - 1))")
                 memory.applyEviction()
                 start += n
                 XCTAssertEqual(memory.storedRows(group: 0), min(start, name == "none" ? start : ref.budget), name)
@@ -56,7 +58,7 @@ final class EvictionTests: XCTestCase {
             for l in 0..<cfg.layerCount {
                 for h in 0..<cfg.kvHeadCount {
                     let kept = memory.eviction.map { $0.keptPositions(layer: l, kvHead: h).sorted() } ?? (0..<Int32(start)).map { $0 }
-                    XCTAssertEqual(kept, expected.kept[l][h], "\(name): positions kept by layer \(l), KV head \(h)")
+                    XCTAssertEqual(kept, expected.kept[l][h], "\(name), pool kvHeads \(heads): positions kept by layer \(l), KV head \(h)")
                 }
             }
             // The budget is real memory: the emptied second block went back to the pool.

@@ -25,9 +25,12 @@ float tern_attn_scores(int kv_type, const float *q, const void *keys, size_t str
 void tern_attn_accumulate(int kv_type, const float *w, const void *values, size_t stride, size_t offset,
                           int64_t hd, int64_t n, float *out);
 
-/* A run of consecutive cached positions whose rows are `row_bytes` apart. `keys`/`values` point at the run's first
-   row in the cache group's first layer; a layer's rows are `layer_offset` bytes further (the same for keys and
-   values). `first` is the logical position of the first row (positions may have gaps between segments). */
+/* A run of consecutive cached positions. `keys`/`values` point at the run's start in the cache group's first layer;
+   a KV head's slice of row j is at `head_offset` + j * `row_bytes` from there (whole rows together: row_bytes is
+   the whole row's and head_offset the slice's place in it; each head's rows together, as Tern's caches keep them:
+   row_bytes is one slice's and head_offset the start of that head's rows), and a layer's rows are `layer_offset`
+   bytes further (the same for keys and values). `first` is the logical position of the first row (positions may
+   have gaps between segments). */
 typedef struct {
     const void *keys;
     const void *values;
@@ -36,7 +39,7 @@ typedef struct {
 } tern_kv_segment;
 
 /* Softmax attention of `nq` query vectors (q + i * q_stride, hd floats each, sharing one KV head) over the rows of
-   `segs` whose positions lie in [lo, hi), this head's slice starting `head_offset` bytes into each row. For query i:
+   `segs` whose positions lie in [lo, hi), this head's slice placed by `row_bytes` and `head_offset` as above. For query i:
    out + i * out_stride gets the normalised output, lse[i] the log-sum-exp of its scaled scores (-infinity and a
    zero output when nothing is visible), so results over disjoint key sets merge exactly (tern_attn_merge).
    `scratch` holds at least (visible rows) floats. If `sink` is not NULL, the attention weights of every query are

@@ -10,7 +10,7 @@
 //
 // Inside a block's layer, each KV head's rows lie together (head-major: head h's 16 rows, then head h+1's), so
 // attention, which reads one head at a time, streams contiguous bytes; with whole rows together it read a third
-// of every cache line's neighbourhood and waited on memory (one decoding row at depth 4096: 1.8× slower).
+// of every cache line's neighbourhood and waited on memory (one decoding row at depth 4096: 1.7× slower).
 //
 // Owned by the engine thread: every method must be called from that one thread; no locks inside.
 
