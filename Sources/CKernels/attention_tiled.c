@@ -177,27 +177,18 @@ static void tiled_scalar(int t, int64_t hd, float scale, const float *q, int64_t
 }
 
 #ifdef TERN_X86
-#include <immintrin.h>
-#define TGT2 __attribute__((target("avx2,fma,f16c")))
-#define INL2 static inline __attribute__((always_inline)) TGT2
+#include "avx2_inline.h"
 #include "avx2_exp.h"
 
-INL2 float hmax8(__m256 v) {
+INL float hmax8(__m256 v) {
     __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_max_ps(s, _mm_movehl_ps(s, s));
     s = _mm_max_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
 
-INL2 float hsum8(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
 /* Lane masks (all ones where kept) for 8 positions starting at tile column c. */
-INL2 __m256 lane_mask(uint32_t bits) {
+INL __m256 lane_mask(uint32_t bits) {
     const __m256i sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
     return _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32((int)bits), sel), sel));
 }
@@ -211,41 +202,52 @@ static inline uint32_t range_bits(int64_t a, int64_t lo, int64_t hi) {
     return (uint32_t)(((1ull << e) - 1) & ~((1ull << s) - 1));
 }
 
+/* 8 values of a cache row at element d, as f32. */
+INL __m256 cache8(int t, const uint8_t *row, int64_t d) {
+    return t == TERN_F32 ? _mm256_loadu_ps((const float *)(const void *)(row + 4 * d))
+                         : _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(row + 2 * d)));
+}
+
 /* Converts hd values of one f32 or f16 cache row to f32 (hd a multiple of 8). */
-INL2 void convert_row(int t, const uint8_t *r, int64_t hd, float *out) {
-    for (int64_t d = 0; d < hd; d += 8) {
-        const __m256 x = t == TERN_F32 ? _mm256_loadu_ps((const float *)(const void *)(r + 4 * d))
-                                       : _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(r + 2 * d)));
-        _mm256_storeu_ps(out + d, x);
-    }
+INL void convert_row(int t, const uint8_t *r, int64_t hd, float *out) {
+    for (int64_t d = 0; d < hd; d += 8) _mm256_storeu_ps(out + d, cache8(t, r, d));
+}
+
+/* The cache rows of a whole f32/f16 tile at [a, a + TT), or NULL when the tile is not of that kind. */
+INL const uint8_t *whole_tile(int t, const tern_kv_segment *segs, int64_t nseg, int64_t *cursor, size_t layer_offset,
+                              size_t row_bytes, size_t head_offset, int64_t a, int64_t k_lo, int64_t k_hi,
+                              const uint8_t **values) {
+    int64_t s = *cursor;
+    while (s < nseg && segs[s].first + segs[s].count <= a) s++;
+    *cursor = s;
+    if ((t != TERN_F32 && t != TERN_F16) || a < k_lo || a + TT > k_hi || s >= nseg || segs[s].first > a ||
+        segs[s].first + segs[s].count < a + TT)
+        return NULL;
+    const size_t off = layer_offset + (size_t)(a - segs[s].first) * row_bytes + head_offset;
+    *values = (const uint8_t *)segs[s].values + off;
+    return (const uint8_t *)segs[s].keys + off;
 }
 
 /* load_tile, with the common tile (all sixteen in one segment and in the key range, f32 or f16) converted by vector
    loads. */
-INL2 uint32_t load_tile_rows(int t, int64_t hd, const tern_kv_segment *segs, int64_t nseg, int64_t *cursor,
-                             size_t layer_offset, size_t row_bytes, size_t head_offset, int64_t a, int64_t k_lo,
-                             int64_t k_hi, float *kf, float *v) {
-    int64_t s = *cursor;
-    while (s < nseg && segs[s].first + segs[s].count <= a) s++;
-    *cursor = s;
-    if ((t == TERN_F32 || t == TERN_F16) && a >= k_lo && a + TT <= k_hi && s < nseg && segs[s].first <= a &&
-        segs[s].first + segs[s].count >= a + TT) {
-        const size_t off = layer_offset + (size_t)(a - segs[s].first) * row_bytes + head_offset;
-        const uint8_t *k = (const uint8_t *)segs[s].keys + off, *vv = (const uint8_t *)segs[s].values + off;
-        for (int j = 0; j < TT; j++) {
-            convert_row(t, k + (size_t)j * row_bytes, hd, kf + j * hd);
-            convert_row(t, vv + (size_t)j * row_bytes, hd, v + j * hd);
-        }
-        return 0xffffu;
+INL uint32_t load_tile_rows(int t, int64_t hd, const tern_kv_segment *segs, int64_t nseg, int64_t *cursor,
+                            size_t layer_offset, size_t row_bytes, size_t head_offset, int64_t a, int64_t k_lo,
+                            int64_t k_hi, float *kf, float *v) {
+    const uint8_t *vv = NULL;
+    const uint8_t *k = whole_tile(t, segs, nseg, cursor, layer_offset, row_bytes, head_offset, a, k_lo, k_hi, &vv);
+    if (!k) return load_tile(t, hd, segs, nseg, cursor, layer_offset, row_bytes, head_offset, a, k_lo, k_hi, kf, v);
+    for (int j = 0; j < TT; j++) {
+        convert_row(t, k + (size_t)j * row_bytes, hd, kf + j * hd);
+        convert_row(t, vv + (size_t)j * row_bytes, hd, v + j * hd);
     }
-    return load_tile(t, hd, segs, nseg, cursor, layer_offset, row_bytes, head_offset, a, k_lo, k_hi, kf, v);
+    return 0xffffu;
 }
 
 /* Asks for the cache lines of the tile at [a, a + TT) ahead of its use: consecutive tiles usually lie in different
    cache blocks (separate allocations, every layer's rows between them), which the hardware prefetchers do not
    follow, so without this one decoding row waits on memory latency, not bandwidth. */
-INL2 void prefetch_tile(int t, int64_t hd, const tern_kv_segment *segs, int64_t nseg, int64_t s, size_t layer_offset,
-                        size_t row_bytes, size_t head_offset, int64_t a, int64_t k_hi) {
+INL void prefetch_tile(int t, int64_t hd, const tern_kv_segment *segs, int64_t nseg, int64_t s, size_t layer_offset,
+                       size_t row_bytes, size_t head_offset, int64_t a, int64_t k_hi) {
     while (s < nseg && segs[s].first + segs[s].count <= a) s++;
     if (s >= nseg || segs[s].first > a || a >= k_hi) return;
     const size_t bytes = (size_t)hd * (t == TERN_F32 ? 4 : t == TERN_F16 ? 2 : 1) + (t == TERN_Q8_0 ? (size_t)hd / 16 : 0);
@@ -263,15 +265,15 @@ INL2 void prefetch_tile(int t, int64_t hd, const tern_kv_segment *segs, int64_t 
 
 /* Four scores from four accumulators of 8 lanes: lane sums in one fixed tree, ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7)),
    so a score is the same whichever queries and keys share its register tile. */
-INL2 __m128 reduce4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+INL __m128 reduce4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
     const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
     return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 
 /* Scores of queries qa and qb (qb may be NULL) against keys j0..j0+3 of the tile: per key, lane l sums q[8c+l]·k[8c+l]
    over the chunks c in order, then reduce4. Two queries share each key load. */
-INL2 void scores4(const float *qa, const float *qb, const float *kf, int64_t hd, int j0, __m128 scale, float *sa,
-                  float *sb) {
+INL void scores4(const float *qa, const float *qb, const float *kf, int64_t hd, int j0, __m128 scale, float *sa,
+                 float *sb) {
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
     const float *k0 = kf + j0 * hd, *k1 = k0 + hd, *k2 = k1 + hd, *k3 = k2 + hd;
     if (qb) {
@@ -306,8 +308,8 @@ INL2 void scores4(const float *qa, const float *qb, const float *kf, int64_t hd,
 /* acc = acc·alpha + Σ_j p_j v_j over the 8-wide chunks [c, c + n·8) of the head for queries a and b (b may be
    NULL), n ≤ 4: per chunk one chain, acc·alpha then the sixteen keys in order — the same operations whichever query
    shares the tile and whichever path runs it, so a query's result does not depend on its neighbours. */
-INL2 void weigh_values(const float *pa, const float *pb, __m256 alpha_a, __m256 alpha_b, const float *v, int64_t hd,
-                       int64_t c, int n, float *acc_a, float *acc_b) {
+INL void weigh_values(const float *pa, const float *pb, __m256 alpha_a, __m256 alpha_b, const float *v, int64_t hd,
+                      int64_t c, int n, float *acc_a, float *acc_b) {
     __m256 xa[4], xb[4];
     for (int k = 0; k < n; k++) {
         xa[k] = _mm256_mul_ps(_mm256_loadu_ps(acc_a + c + 8 * k), alpha_a);
@@ -333,17 +335,11 @@ INL2 void weigh_values(const float *pa, const float *pb, __m256 alpha_a, __m256 
     }
 }
 
-/* 8 values of a cache row at element d, as f32. */
-INL2 __m256 cache8(int t, const uint8_t *row, int64_t d) {
-    return t == TERN_F32 ? _mm256_loadu_ps((const float *)(const void *)(row + 4 * d))
-                         : _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(row + 2 * d)));
-}
-
 /* Few queries (N ≤ 4: one decoding row's heads) over a whole f32/f16 tile straight from the cache, with no tile
    copy: each key chunk is converted once for all N queries. The arithmetic is scores4's and weigh_values', so a
    query gets the same bits here as in a tile of many. */
-INL2 void direct_scores(int t, int N, const float *const *qp, const uint8_t *k, size_t row_bytes, int64_t hd,
-                        __m128 scale, float *const *sp) {
+INL void direct_scores(int t, int N, const float *const *qp, const uint8_t *k, size_t row_bytes, int64_t hd,
+                       __m128 scale, float *const *sp) {
     for (int j = 0; j < TT; j += 2) {
         const uint8_t *k0 = k + (size_t)j * row_bytes, *k1 = k0 + row_bytes;
         __m256 a0[4], a1[4];
@@ -369,8 +365,8 @@ INL2 void direct_scores(int t, int N, const float *const *qp, const uint8_t *k, 
 }
 
 /* Columns [c, c + n·8) of N queries (both constants where called, so the tile lives in registers). */
-INL2 void direct_values_at(int t, int N, int n, const float *const *pp, const float *alpha, const uint8_t *v,
-                           size_t row_bytes, int64_t c, float *const *ap) {
+INL void direct_values_at(int t, int N, int n, const float *const *pp, const float *alpha, const uint8_t *v,
+                          size_t row_bytes, int64_t c, float *const *ap) {
     __m256 x[4][4];
     for (int u = 0; u < N; u++) {
         const __m256 al = _mm256_set1_ps(alpha[u]);
@@ -389,8 +385,8 @@ INL2 void direct_values_at(int t, int N, int n, const float *const *pp, const fl
         for (int k = 0; k < n; k++) _mm256_storeu_ps(ap[u] + c + 8 * k, x[u][k]);
 }
 
-INL2 void direct_values(int t, int N, const float *const *pp, const float *alpha, const uint8_t *v, size_t row_bytes,
-                        int64_t hd, float *const *ap) {
+INL void direct_values(int t, int N, const float *const *pp, const float *alpha, const uint8_t *v, size_t row_bytes,
+                       int64_t hd, float *const *ap) {
     int64_t c = 0;
     if (N <= 2)
         for (; c + 32 <= hd; c += 32) direct_values_at(t, N, 4, pp, alpha, v, row_bytes, c, ap);
@@ -399,29 +395,14 @@ INL2 void direct_values(int t, int N, const float *const *pp, const float *alpha
     for (; c < hd; c += 8) direct_values_at(t, N, 1, pp, alpha, v, row_bytes, c, ap);
 }
 
-/* The cache rows of a whole f32/f16 tile at [a, a + TT), or NULL when the tile is not of that kind. */
-INL2 const uint8_t *whole_tile(int t, const tern_kv_segment *segs, int64_t nseg, int64_t *cursor, size_t layer_offset,
-                               size_t row_bytes, size_t head_offset, int64_t a, int64_t k_lo, int64_t k_hi,
-                               const uint8_t **values) {
-    int64_t s = *cursor;
-    while (s < nseg && segs[s].first + segs[s].count <= a) s++;
-    *cursor = s;
-    if ((t != TERN_F32 && t != TERN_F16) || a < k_lo || a + TT > k_hi || s >= nseg || segs[s].first > a ||
-        segs[s].first + segs[s].count < a + TT)
-        return NULL;
-    const size_t off = layer_offset + (size_t)(a - segs[s].first) * row_bytes + head_offset;
-    *values = (const uint8_t *)segs[s].values + off;
-    return (const uint8_t *)segs[s].keys + off;
-}
-
 /* The AVX2 tile (hd a multiple of 8): scores with the keys row-major, so a tile needs a conversion, not a transpose,
    and a task of at most four queries (one decoding row's heads) reads whole f32/f16 tiles from the cache without
    a copy; larger tasks copy the tile once and run 2-query × 4-key score tiles and 2-query × 32-column value tiles. */
-TGT2 static void tiled_avx2(int t, int64_t hd, float scale, const float *q, int64_t rows, int64_t heads,
-                            size_t q_row_stride, int64_t pos0, int64_t window, const tern_kv_segment *segs, int64_t nseg,
-                            size_t layer_offset, size_t row_bytes, size_t head_offset, int64_t k_lo, int64_t k_hi,
-                            float *work, float *out, size_t out_row_stride, float *lse, const float *state_in,
-                            float *state_out) {
+TGT static void tiled_avx2(int t, int64_t hd, float scale, const float *q, int64_t rows, int64_t heads,
+                           size_t q_row_stride, int64_t pos0, int64_t window, const tern_kv_segment *segs, int64_t nseg,
+                           size_t layer_offset, size_t row_bytes, size_t head_offset, int64_t k_lo, int64_t k_hi,
+                           float *work, float *out, size_t out_row_stride, float *lse, const float *state_in,
+                           float *state_out) {
     const int64_t nq = rows * heads;
     float *kf, *v, *acc, *sc, *m, *l, *alpha;
     int64_t first, last;

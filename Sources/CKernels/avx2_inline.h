@@ -1,4 +1,4 @@
-/* Private to the AVX2 files (avx2.c, avx2_packed.c, avx2_sparse.c): their target attribute and the small inline
+/* Private to the AVX2 files (avx2.c, avx2_packed.c, avx2_sparse.c, attention_tiled.c): their target attribute and the small inline
    pieces they share. Included inside their TERN_X86 sections, after kernels_internal.h. */
 #ifndef TERN_AVX2_INLINE_H
 #define TERN_AVX2_INLINE_H
