@@ -20,7 +20,8 @@
 #define TT 16
 
 size_t tern_attn_tiled_work_floats(int64_t hd, int64_t nq) {
-    return (size_t)(2 * TT * hd + nq * hd + nq * TT + 4 * nq + 64);
+    /* Rounded up to 16 floats, so consecutive work buffers stay 64-byte aligned. */
+    return ((size_t)(2 * TT * hd + nq * hd + nq * TT + 8 * nq + 64) + 15) & ~(size_t)15;
 }
 
 /* Decodes row `r` (hd values of this head's slice) into f32. */
@@ -270,69 +271,52 @@ INL __m128 reduce4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
     return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 
-/* Scores of queries qa and qb (qb may be NULL) against keys j0..j0+3 of the tile: per key, lane l sums q[8c+l]·k[8c+l]
-   over the chunks c in order, then reduce4. Two queries share each key load. */
-INL void scores4(const float *qa, const float *qb, const float *kf, int64_t hd, int j0, __m128 scale, float *sa,
-                 float *sb) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-    const float *k0 = kf + j0 * hd, *k1 = k0 + hd, *k2 = k1 + hd, *k3 = k2 + hd;
-    if (qb) {
-        for (int64_t c = 0; c < hd; c += 8) {
-            const __m256 x = _mm256_loadu_ps(qa + c), y = _mm256_loadu_ps(qb + c);
-            __m256 k = _mm256_loadu_ps(k0 + c);
-            a0 = _mm256_fmadd_ps(x, k, a0);
-            b0 = _mm256_fmadd_ps(y, k, b0);
-            k = _mm256_loadu_ps(k1 + c);
-            a1 = _mm256_fmadd_ps(x, k, a1);
-            b1 = _mm256_fmadd_ps(y, k, b1);
-            k = _mm256_loadu_ps(k2 + c);
-            a2 = _mm256_fmadd_ps(x, k, a2);
-            b2 = _mm256_fmadd_ps(y, k, b2);
-            k = _mm256_loadu_ps(k3 + c);
-            a3 = _mm256_fmadd_ps(x, k, a3);
-            b3 = _mm256_fmadd_ps(y, k, b3);
-        }
-        _mm_storeu_ps(sb + j0, _mm_mul_ps(reduce4(b0, b1, b2, b3), scale));
-    } else {
-        for (int64_t c = 0; c < hd; c += 8) {
-            const __m256 x = _mm256_loadu_ps(qa + c);
-            a0 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k0 + c), a0);
-            a1 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k1 + c), a1);
-            a2 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k2 + c), a2);
-            a3 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k3 + c), a3);
+/* acc·alpha, skipping the product when the running maximum did not move (alpha exactly 1, and x·1 = x): after the
+   first tiles it rarely moves, and the multiply of every accumulator was a tenth of a tile's work. */
+INL __m256 rescale(__m256 x, float alpha, __m256 al) { return alpha == 1.0f ? x : _mm256_mul_ps(x, al); }
+
+/* Scores of N ≤ 3 queries against the four keys j0..j0+3 of a tile whose rows lie rs bytes apart (the f32 tile copy,
+   or f32/f16 cache rows): per key, lane l sums q[8c+l]·k[8c+l] over the chunks c in order, then reduce4 — the
+   arithmetic of direct_scores, so a score does not depend on which queries share the register tile. Three queries
+   × four keys keep twelve chains in flight, seven loads feeding twelve multiply-adds. */
+INL void score_block(int t, int N, const float *const *qp, const uint8_t *k, size_t rs, int64_t hd, int j0,
+                     __m128 scale, float *const *sp) {
+    __m256 a[3][4];
+    for (int u = 0; u < N; u++)
+        for (int j = 0; j < 4; j++) a[u][j] = _mm256_setzero_ps();
+    const uint8_t *k0 = k + (size_t)j0 * rs;
+    for (int64_t c = 0; c < hd; c += 8) {
+        __m256 y[3];
+        for (int u = 0; u < N; u++) y[u] = _mm256_loadu_ps(qp[u] + c);
+        for (int j = 0; j < 4; j++) {
+            const __m256 x = cache8(t, k0 + (size_t)j * rs, c);
+            for (int u = 0; u < N; u++) a[u][j] = _mm256_fmadd_ps(y[u], x, a[u][j]);
         }
     }
-    _mm_storeu_ps(sa + j0, _mm_mul_ps(reduce4(a0, a1, a2, a3), scale));
+    for (int u = 0; u < N; u++) _mm_storeu_ps(sp[u] + j0, _mm_mul_ps(reduce4(a[u][0], a[u][1], a[u][2], a[u][3]), scale));
 }
 
-/* acc = acc·alpha + Σ_j p_j v_j over the 8-wide chunks [c, c + n·8) of the head for queries a and b (b may be
-   NULL), n ≤ 4: per chunk one chain, acc·alpha then the sixteen keys in order — the same operations whichever query
-   shares the tile and whichever path runs it, so a query's result does not depend on its neighbours. */
-INL void weigh_values(const float *pa, const float *pb, __m256 alpha_a, __m256 alpha_b, const float *v, int64_t hd,
-                      int64_t c, int n, float *acc_a, float *acc_b) {
-    __m256 xa[4], xb[4];
-    for (int k = 0; k < n; k++) {
-        xa[k] = _mm256_mul_ps(_mm256_loadu_ps(acc_a + c + 8 * k), alpha_a);
-        xb[k] = pb ? _mm256_mul_ps(_mm256_loadu_ps(acc_b + c + 8 * k), alpha_b) : xa[k];
+/* acc = acc·alpha + Σ_j p_j v_j over columns [c, c + 32) for N ≤ 3 queries of the f32 tile: per 8 columns one chain,
+   acc·alpha then the sixteen keys in order — direct_values' arithmetic, so a query's result does not depend on its
+   neighbours. Twelve chains; each value load feeds N multiply-adds. */
+INL void value_block(int N, const float *const *pp, const float *alpha, const float *v, int64_t hd, int64_t c,
+                     float *const *ap) {
+    __m256 x[3][4];
+    for (int u = 0; u < N; u++) {
+        const __m256 al = _mm256_set1_ps(alpha[u]);
+        for (int k = 0; k < 4; k++) x[u][k] = rescale(_mm256_loadu_ps(ap[u] + c + 8 * k), alpha[u], al);
     }
     for (int j = 0; j < TT; j++) {
+        __m256 b[3];
+        for (int u = 0; u < N; u++) b[u] = _mm256_broadcast_ss(pp[u] + j);
         const float *vj = v + j * hd + c;
-        const __m256 ba = _mm256_broadcast_ss(pa + j);
-        if (pb) {
-            const __m256 bb = _mm256_broadcast_ss(pb + j);
-            for (int k = 0; k < n; k++) {
-                const __m256 x = _mm256_loadu_ps(vj + 8 * k);
-                xa[k] = _mm256_fmadd_ps(ba, x, xa[k]);
-                xb[k] = _mm256_fmadd_ps(bb, x, xb[k]);
-            }
-        } else {
-            for (int k = 0; k < n; k++) xa[k] = _mm256_fmadd_ps(ba, _mm256_loadu_ps(vj + 8 * k), xa[k]);
+        for (int k = 0; k < 4; k++) {
+            const __m256 y = _mm256_loadu_ps(vj + 8 * k);
+            for (int u = 0; u < N; u++) x[u][k] = _mm256_fmadd_ps(b[u], y, x[u][k]);
         }
     }
-    for (int k = 0; k < n; k++) {
-        _mm256_storeu_ps(acc_a + c + 8 * k, xa[k]);
-        if (pb) _mm256_storeu_ps(acc_b + c + 8 * k, xb[k]);
-    }
+    for (int u = 0; u < N; u++)
+        for (int k = 0; k < 4; k++) _mm256_storeu_ps(ap[u] + c + 8 * k, x[u][k]);
 }
 
 /* Few queries (N ≤ 4: one decoding row's heads) over a whole f32/f16 tile straight from the cache, with no tile
@@ -370,7 +354,7 @@ INL void direct_values_at(int t, int N, int n, const float *const *pp, const flo
     __m256 x[4][4];
     for (int u = 0; u < N; u++) {
         const __m256 al = _mm256_set1_ps(alpha[u]);
-        for (int k = 0; k < n; k++) x[u][k] = _mm256_mul_ps(_mm256_loadu_ps(ap[u] + c + 8 * k), al);
+        for (int k = 0; k < n; k++) x[u][k] = rescale(_mm256_loadu_ps(ap[u] + c + 8 * k), alpha[u], al);
     }
     for (int j = 0; j < TT; j++) {
         const uint8_t *vj = v + (size_t)j * row_bytes;
@@ -407,7 +391,10 @@ TGT static void tiled_avx2(int t, int64_t hd, float scale, const float *q, int64
     float *kf, *v, *acc, *sc, *m, *l, *alpha;
     int64_t first, last;
     begin(work, hd, nq, rows, pos0, window, k_lo, k_hi, &kf, &v, &acc, &sc, &m, &l, &alpha, &first, &last);
+    /* The queries a tile touches: index, visible columns, query vector (the pointers take two floats' room each). */
     int32_t *active = (int32_t *)(void *)(alpha + nq);
+    uint32_t *act_keep = (uint32_t *)(void *)(active + nq);
+    const float **act_q = (const float **)(void *)(act_keep + nq + (nq & 1));
     if (state_in) load_state(hd, nq, state_in, acc, m, l);
     const __m128 vscale = _mm_set1_ps(scale);
     const __m256 ninf = _mm256_set1_ps(-INFINITY);
@@ -424,12 +411,19 @@ TGT static void tiled_avx2(int t, int64_t hd, float scale, const float *q, int64
                                                       k_lo, k_hi, kf, v);
         if (a + TT < last) prefetch_tile(t, hd, segs, nseg, cursor, layer_offset, row_bytes, head_offset, a + TT, k_hi);
         if (!valid) continue;
-        /* Which queries see any key of the tile, and their raw scores (two queries share each key load). */
+        /* Which queries see any key of the tile (a row's visible range found once for its heads, with no division
+           per query), then their raw scores. */
         int64_t nact = 0;
-        for (int64_t i = 0; i < nq; i++) {
+        for (int64_t r = 0; r < rows; r++) {
             int64_t lo, hi;
-            visible(pos0, i / heads, window, k_lo, k_hi, &lo, &hi);
-            if (valid & range_bits(a, lo, hi)) active[nact++] = (int32_t)i;
+            visible(pos0, r, window, k_lo, k_hi, &lo, &hi);
+            const uint32_t keep = valid & range_bits(a, lo, hi);
+            if (!keep) continue;
+            for (int64_t h = 0; h < heads; h++, nact++) {
+                active[nact] = (int32_t)(r * heads + h);
+                act_keep[nact] = keep;
+                act_q[nact] = q + (size_t)r * q_row_stride + (size_t)h * hd;
+            }
         }
         if (!nact) continue;
         int64_t u = 0;
@@ -437,9 +431,8 @@ TGT static void tiled_avx2(int t, int64_t hd, float scale, const float *q, int64
         float *sp[4], *ap[4], al[4];
         if (krows) {
             for (u = 0; u < nact; u++) {
-                const int64_t i = active[u];
-                qp[u] = q + (size_t)(i / heads) * q_row_stride + (size_t)(i % heads) * hd;
-                sp[u] = sc + i * TT;
+                qp[u] = act_q[u];
+                sp[u] = sc + active[u] * TT;
             }
             switch (nact) {
             case 1: direct_scores(t, 1, qp, krows, row_bytes, hd, vscale, sp); break;
@@ -449,28 +442,45 @@ TGT static void tiled_avx2(int t, int64_t hd, float scale, const float *q, int64
             }
             u = nact;
         }
-        for (; u < nact; u += 2) {
-            const int64_t i = active[u], i2 = u + 1 < nact ? active[u + 1] : -1;
-            const float *qa = q + (size_t)(i / heads) * q_row_stride + (size_t)(i % heads) * hd;
-            const float *qb = i2 >= 0 ? q + (size_t)(i2 / heads) * q_row_stride + (size_t)(i2 % heads) * hd : NULL;
-            for (int j0 = 0; j0 < TT; j0 += 4)
-                if (valid >> j0 & 15) scores4(qa, qb, kf, hd, j0, vscale, sc + i * TT, i2 >= 0 ? sc + i2 * TT : sc + i * TT);
+        for (; u < nact; u += 3) {
+            const int N = nact - u < 3 ? (int)(nact - u) : 3;
+            for (int w = 0; w < N; w++) {
+                qp[w] = act_q[u + w];
+                sp[w] = sc + active[u + w] * TT;
+            }
+            for (int j0 = 0; j0 < TT; j0 += 4) {
+                if (!(valid >> j0 & 15)) continue;
+                const uint8_t *kt = (const uint8_t *)kf;
+                switch (N) {
+                case 1: score_block(TERN_F32, 1, qp, kt, (size_t)hd * 4, hd, j0, vscale, sp); break;
+                case 2: score_block(TERN_F32, 2, qp, kt, (size_t)hd * 4, hd, j0, vscale, sp); break;
+                default: score_block(TERN_F32, 3, qp, kt, (size_t)hd * 4, hd, j0, vscale, sp); break;
+                }
+            }
         }
         /* Online softmax, query by query; the scores become the tile's weights in place. */
         for (u = 0; u < nact; u++) {
             const int64_t i = active[u];
-            int64_t lo, hi;
-            visible(pos0, i / heads, window, k_lo, k_hi, &lo, &hi);
-            const uint32_t keep = valid & range_bits(a, lo, hi);
-            const __m256 mk0 = lane_mask(keep & 0xff), mk1 = lane_mask(keep >> 8);
-            const __m256 x0 = _mm256_blendv_ps(ninf, _mm256_loadu_ps(sc + i * TT), mk0);
-            const __m256 x1 = _mm256_blendv_ps(ninf, _mm256_loadu_ps(sc + i * TT + 8), mk1);
+            const uint32_t keep = act_keep[u];
+            /* A whole visible tile (the common case) needs no masks: blending or and-ing with all ones is the
+               identity, so both ways give the same bits. */
+            const int whole = keep == 0xffffu;
+            const __m256 mk0 = whole ? _mm256_setzero_ps() : lane_mask(keep & 0xff), mk1 = whole ? mk0 : lane_mask(keep >> 8);
+            __m256 x0 = _mm256_loadu_ps(sc + i * TT), x1 = _mm256_loadu_ps(sc + i * TT + 8);
+            if (!whole) {
+                x0 = _mm256_blendv_ps(ninf, x0, mk0);
+                x1 = _mm256_blendv_ps(ninf, x1, mk1);
+            }
             const float mt = hmax8(_mm256_max_ps(x0, x1));
             const float mn = m[i] > mt ? m[i] : mt;
-            alpha[i] = m[i] == -INFINITY ? 0.0f : expf(m[i] - mn);
+            /* expf(0) is exactly 1: no call when the maximum stays. */
+            alpha[i] = m[i] == -INFINITY ? 0.0f : m[i] == mn ? 1.0f : expf(m[i] - mn);
             const __m256 vm = _mm256_set1_ps(mn);
-            const __m256 p0 = _mm256_and_ps(exp256(_mm256_sub_ps(x0, vm)), mk0);
-            const __m256 p1 = _mm256_and_ps(exp256(_mm256_sub_ps(x1, vm)), mk1);
+            __m256 p0 = exp256(_mm256_sub_ps(x0, vm)), p1 = exp256(_mm256_sub_ps(x1, vm));
+            if (!whole) {
+                p0 = _mm256_and_ps(p0, mk0);
+                p1 = _mm256_and_ps(p1, mk1);
+            }
             _mm256_storeu_ps(sc + i * TT, p0);
             _mm256_storeu_ps(sc + i * TT + 8, p1);
             l[i] = l[i] * alpha[i] + hsum8(_mm256_add_ps(p0, p1));
@@ -493,14 +503,21 @@ TGT static void tiled_avx2(int t, int64_t hd, float scale, const float *q, int64
             }
             continue;
         }
-        for (u = 0; u < nact; u += 2) {
-            const int64_t i = active[u], i2 = u + 1 < nact ? active[u + 1] : -1;
-            const float *pb = i2 >= 0 ? sc + i2 * TT : NULL;
-            const __m256 ala = _mm256_set1_ps(alpha[i]), alb = _mm256_set1_ps(i2 >= 0 ? alpha[i2] : 0.0f);
-            float *acc_b = i2 >= 0 ? acc + i2 * hd : NULL;
+        for (u = 0; u < nact; u += 3) {
+            const int N = nact - u < 3 ? (int)(nact - u) : 3;
+            for (int w = 0; w < N; w++) {
+                const int64_t i = active[u + w];
+                pp[w] = sc + i * TT;
+                ap[w] = acc + i * hd;
+                al[w] = alpha[i];
+            }
             int64_t c = 0;
-            for (; c + 32 <= hd; c += 32) weigh_values(sc + i * TT, pb, ala, alb, v, hd, c, 4, acc + i * hd, acc_b);
-            for (; c < hd; c += 8) weigh_values(sc + i * TT, pb, ala, alb, v, hd, c, 1, acc + i * hd, acc_b);
+            for (; c + 32 <= hd; c += 32) switch (N) {
+                case 1: value_block(1, pp, al, v, hd, c, ap); break;
+                case 2: value_block(2, pp, al, v, hd, c, ap); break;
+                default: value_block(3, pp, al, v, hd, c, ap); break;
+                }
+            for (; c < hd; c += 8) direct_values_at(TERN_F32, N, 1, pp, al, (const uint8_t *)v, (size_t)hd * 4, c, ap);
         }
     }
     if (state_out) save_state(hd, nq, acc, m, l, state_out);
