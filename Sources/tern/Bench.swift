@@ -25,6 +25,10 @@ struct BenchCommand: ParsableCommand, EnvironmentReadable {
     var promptTokens = 128
     @Option(parsing: .unconditional, help: .tern("Tokens of the generation test; 0 skips it.", env: "gen-tokens", valueName: "n"))
     var genTokens = 128
+    @Option(parsing: .unconditional, help: .tern(
+        "Prompt tokens per forward pass of the prompt-processing test (llama-bench's n_ubatch); 0: the whole prompt in one pass.",
+        env: "ubatch", valueName: "n"))
+    var ubatch = 512
     @Option(parsing: .unconditional, help: .tern("Measured runs of each test (after one warm-up).", env: "repetitions", valueName: "n"))
     var repetitions = 3
     @Option(parsing: .unconditional, help: .tern("Seed of the random token ids.", env: "seed", valueName: "s"))
@@ -53,6 +57,11 @@ func runBench(_ o: BenchCommand) throws {
     let promptTokens = try atLeast(o.promptTokens, 0, "prompt-tokens")
     let genTokens = try atLeast(o.genTokens, 0, "gen-tokens")
     let reps = try atLeast(o.repetitions, 1, "repetitions")
+    // The prompt goes through in passes of `ubatch` tokens, as llama-bench's n_ubatch (512) and the server's chunked
+    // prefill do: a 4096-row pass keeps activations far larger than the caches and ran its matrix products 1.5x
+    // slower per token.
+    let ubatch = try atLeast(o.ubatch, 0, "ubatch")
+    let passTokens = ubatch == 0 ? promptTokens : min(ubatch, promptTokens)
     let json = o.json
     // Generation measured with `batch` sequences decoding together, each after `depth` tokens of context.
     let batch = try atLeast(o.batch, 1, "batch")
@@ -63,7 +72,7 @@ func runBench(_ o: BenchCommand) throws {
     let model = loaded.model
     let pool = WorkerPool(threads: threadCount)
     let context = max(promptTokens, depth) + genTokens + 1
-    let workspace = model.makeWorkspace(maxTokens: max(promptTokens, batch, min(depth, 512), 1), maxContext: context, pool: pool)
+    let workspace = model.makeWorkspace(maxTokens: max(passTokens, batch, min(depth, 512), 1), maxContext: context, pool: pool)
     let vocab = model.vocabularySize
     func randomTokens(_ n: Int) -> [Int32] { (0..<n).map { _ in Int32(rng.next() % UInt64(vocab)) } }
     // The memory each measured sequence gets: the contiguous cache, or paged blocks as `tern serve` uses them.
@@ -102,14 +111,21 @@ func runBench(_ o: BenchCommand) throws {
         return logits
     }
 
-    // Prompt processing: one forward pass over the whole prompt, logits for its last token.
+    // Prompt processing: forward passes of `passTokens` over the prompt, logits for its last token.
     var pp: [Double] = []
     if promptTokens > 0 {
         for rep in 0...reps {
             let memory = makeMemory()
             let tokens = randomTokens(promptTokens)
             let t0 = DispatchTime.now().uptimeNanoseconds
-            _ = try model.forward(tokens: tokens, memory: memory, workspace: workspace, logitRows: (promptTokens - 1)..<promptTokens)
+            var done = 0
+            while done < promptTokens {
+                let n = min(passTokens, promptTokens - done)
+                let last = done + n == promptTokens
+                _ = try model.forward(tokens: Array(tokens[done..<(done + n)]), memory: memory, workspace: workspace,
+                                      logitRows: last ? (n - 1)..<n : 0..<0)
+                done += n
+            }
             let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
             if rep > 0 { pp.append(Double(promptTokens) / dt) }   // the first run warms caches and page tables
         }
@@ -150,7 +166,8 @@ func runBench(_ o: BenchCommand) throws {
     do {
         print("model: \(path) (\(model.architecture), \(String(format: "%.1f", fileSize / 1_048_576)) MiB)")
         print("threads: \(threadCount), kernels: \(String(cString: tern_path_name(tern_active_path())))")
-        print(String(format: "pp%-5d %10.1f ± %.1f tokens/s", promptTokens, ppMean, ppStd))
+        print(String(format: "pp%-5d %10.1f ± %.1f tokens/s", promptTokens, ppMean, ppStd)
+              + (passTokens < promptTokens ? " (passes of \(passTokens) tokens)" : ""))
         let shape = (batch > 1 ? " × \(batch) sequences" : "") + (depth > 0 ? " at depth \(depth)" : "")
             + (eviction.isActive ? ", kv \(eviction.policy.rawValue) budget \(eviction.budget)" : "")
         print(String(format: "tg%-5d %10.1f ± %.1f tokens/s", genTokens, tgMean, tgStd) + shape)
@@ -162,7 +179,8 @@ func runBench(_ o: BenchCommand) throws {
         let fields: [(String, String)] = [
             ("model", "\"\(path.replacingOccurrences(of: "\"", with: "\\\""))\""),
             ("threads", "\(threadCount)"),
-            ("prompt_tokens", "\(promptTokens)"), ("gen_tokens", "\(genTokens)"), ("repetitions", "\(reps)"),
+            ("prompt_tokens", "\(promptTokens)"), ("ubatch", "\(passTokens)"), ("gen_tokens", "\(genTokens)"),
+            ("repetitions", "\(reps)"),
             ("batch", "\(batch)"), ("depth", "\(depth)"), ("kv_type", "\"\(o.kvType)\""),
             ("kv_policy", "\"\(eviction.policy.rawValue)\""), ("kv_budget", "\(eviction.budget)"),
             ("pp_tokens_per_s", String(format: "%.2f", ppMean)), ("pp_stddev", String(format: "%.2f", ppStd)),

@@ -73,7 +73,7 @@ final class CLITests: XCTestCase {
             "perplexity": ["model", "file", "context", "chunks", "threads", "kv-policy", "kv-budget"],
             "convert": ["model", "type", "output", "sparsity", "sparse-pattern", "prune", "calibration", "group-rows"],
             "bench": ["model", "threads", "prompt-tokens", "gen-tokens", "repetitions", "json", "batch", "depth", "seed",
-                      "kv-policy", "kv-budget"],
+                      "kv-policy", "kv-budget", "kv-type", "ubatch"],
             "tokenize": ["model", "text", "special"],
             "inspect": ["model"],
         ]
@@ -81,6 +81,24 @@ final class CLITests: XCTestCase {
             let entries = optionEntries(try tern([command, "--help"]).stdout)
             for n in names { XCTAssertNotNil(entries[n], "\(command) lost --\(n)") }
         }
+    }
+
+    /// `tern bench --ubatch`: the prompt goes through in passes of that many tokens (reported in the JSON line), 0
+    /// means one pass, and a negative value is a usage error naming the option.
+    func testBenchPromptPasses() throws {
+        let tiny = TestPaths.fixture("llama/llama-f32.gguf")
+        for (ubatch, expected) in [("16", 16), ("0", 40), ("512", 40)] {
+            let r = try tern(["bench", "--model", tiny, "--prompt-tokens", "40", "--gen-tokens", "0", "--repetitions", "1",
+                              "--threads", "1", "--ubatch", ubatch, "--json"])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            let line = try XCTUnwrap(r.stdout.split(separator: "\n").last)
+            let object = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+            XCTAssertEqual(object["ubatch"] as? Int, expected, String(line))
+            XCTAssertGreaterThan(object["pp_tokens_per_s"] as? Double ?? 0, 0, String(line))
+        }
+        let bad = try tern(["bench", "--model", tiny, "--ubatch", "-1"])
+        XCTAssertNotEqual(bad.status, 0)
+        XCTAssertTrue(bad.stderr.contains("--ubatch"), bad.stderr)
     }
 
     /// Speculation flags: bad values name their option (or variable); a draft model with another vocabulary
