@@ -5,8 +5,8 @@
 // each computing all query heads of the KV head's group over those rows in one call of the tiled kernel, so a
 // key/value tile is read once for every query row and head that needs it. When a batch has too few tasks to keep
 // every thread busy and the context is long (one stream decoding at depth), each task's key range is split
-// across threads (flash-decoding) and the parts are merged by their log-sum-exp. Tasks go to threads round-robin
-// so the causal triangle's long rows spread evenly.
+// across threads (flash-decoding) and the parts are merged by their log-sum-exp. Threads claim tasks in order from
+// a shared counter, so tasks of unequal cost (the causal triangle's long rows, split parts) spread evenly.
 //
 // RelayAttention (arXiv 2402.14808): decoding sequences whose block tables start with the same physical blocks (a
 // shared system prompt) form a relay group. Per KV head, one pass of the tiled kernel computes the attention of
@@ -24,6 +24,7 @@
 
 import CKernels
 import Foundation
+import Synchronization
 
 struct AttentionTask {
     var item: Int
@@ -208,7 +209,6 @@ enum Attention {
         let qDim = headCount * hd
         let cacheGroup = metadata.layout.groupOfLayer[layer]
         let window = metadata.layout.groups[cacheGroup].window ?? 0
-        let threads = ws.pool.threadCount
         let tasks = ws.attentionPlan.tasks
         let partStride = AttentionPlan.rowTile * group * hd
         let relayGroups = ws.attentionPlan.relayGroups
@@ -219,13 +219,16 @@ enum Attention {
         metadata.segments.withUnsafeBufferPointer { segments in
             let segs = segments.baseAddress
             func runAll(_ tasks: [AttentionTask]) {
+                // Threads claim tasks in order from one counter: tasks differ in cost (depth, split parts, relay
+                // passes), and a fixed share per thread left one waiting at the end of the layer.
+                let next = Atomic<Int>(0)
                 ws.pool.run { tid in
                     let work = ws.attentionWork + tid * ws.attentionWorkStride
                     let lse = ws.lse + tid * ws.lseStride
-                    var t = tid
-                    while t < tasks.count {
+                    while true {
+                        let t = next.wrappingAdd(1, ordering: .relaxed).oldValue
+                        if t >= tasks.count { break }
                         let task = tasks[t]
-                        t += threads
                         let memory = memories[task.item]
                         let kvType = memory.storage.kernelType, sliceOffset = memory.kvSliceOffset(task.kvHead * hd)
                         let range = metadata.range(item: task.item, group: cacheGroup)
