@@ -21,6 +21,11 @@ public struct WeightTensor: @unchecked Sendable {
     /// `data` is the blob and `type` the type of its stored values, and only `dequantizeRow` may read them; for a
     /// dense matrix found to have whole zero chunks at load, `data` stays the dense original.
     public private(set) var sparse: SparseMatrix?
+    /// Whether `dequantizeRow` reads rows back from `packed` (the 32-value types; see tern_dequantize_packed_row)
+    /// rather than from `data`, whose mapped pages were given back after packing: a lookup in the map faults the
+    /// page back in with its neighbours (the kernel's fault-around), so a tied embedding's lookups would make the
+    /// file's pages resident again, 64 KiB or more for every distinct token.
+    public private(set) var rowsFromPacked = false
 
     public init(name: String, type: GGMLType, shape: [Int], data: UnsafeRawPointer, byteCount: Int, owner: AnyObject) {
         self.name = name
@@ -74,6 +79,9 @@ public struct WeightTensor: @unchecked Sendable {
         var copy = self
         copy.packed = UnsafeRawPointer(buffer.pointer)
         copy.packedOwner = buffer
+        let probe = UnsafeMutablePointer<Float>.allocate(capacity: columns)
+        defer { probe.deallocate() }
+        copy.rowsFromPacked = tern_dequantize_packed_row(Int32(type.rawValue), buffer.pointer, Int64(columns), 0, probe) == 0
         return copy
     }
 
@@ -89,6 +97,10 @@ public struct WeightTensor: @unchecked Sendable {
     /// Row r as `columns` floats, whatever the storage (dense types or a sparse blob).
     public func dequantizeRow(_ r: Int, into dst: UnsafeMutablePointer<Float>) {
         if let s = sparse { s.dequantizeRow(r, into: dst); return }
+        if rowsFromPacked, let packed {
+            tern_dequantize_packed_row(Int32(type.rawValue), packed, Int64(columns), Int64(r), dst)
+            return
+        }
         tern_dequantize_row(Int32(type.rawValue), data + r * rowBytes, dst, Int64(columns))
     }
 
