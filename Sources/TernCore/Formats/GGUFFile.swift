@@ -263,6 +263,14 @@ public final class GGUFFile: Sendable {
         self.tensorIndex = index
     }
 
+    /// Gives back the resident pages of the header (metadata and tensor infos) when the file is mapped: once the
+    /// tokenizer has its own copy of the vocabulary, 6 MiB of Gemma 3's file would otherwise stay resident for
+    /// nothing. Reading metadata afterwards faults the pages back in from the file.
+    public func releaseHeaderPages() {
+        guard file.isFileBacked else { return }
+        WeightTensor.releasePages(file.base, tensors.map(\.fileOffset).min() ?? file.size)
+    }
+
     public func tensor(named name: String) -> GGUFTensorInfo? {
         tensorIndex[name].map { tensors[$0] }
     }
