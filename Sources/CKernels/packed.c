@@ -142,9 +142,14 @@ int tern_pack_weights(int type, const void *w, size_t row_bytes, int64_t rows, i
    together from the panel (the exact inverse of pack_row) and dequantized as tern_dequantize_row would, so the
    values are the stored row's bits. Lets tied embeddings look rows up in the packed copy, whose file pages were
    given back after packing, instead of faulting the mapped file back in (a page fault maps its neighbours too). */
+int tern_packed_rows_readable(int type) {
+    size_t wb, sb;
+    return !is_k(type) && type != TERN_Q6_K && tern_packed_block_geometry(type, &wb, &sb);
+}
+
 int tern_dequantize_packed_row(int type, const void *packed, int64_t n, int64_t row, float *dst) {
     size_t wb, sb, so = 0, pb = tern_packed_panel_bytes(type, n, &so);
-    if (!pb || row < 0 || is_k(type) || type == TERN_Q6_K || !tern_packed_block_geometry(type, &wb, &sb)) return -1;
+    if (!pb || row < 0 || !tern_packed_rows_readable(type) || !tern_packed_block_geometry(type, &wb, &sb)) return -1;
     const int q8 = type == TERN_Q8_0, q5 = type == TERN_Q5_0 || type == TERN_Q5_1;
     const int hasm = type == TERN_Q4_1 || type == TERN_Q5_1;
     const int qoff = type == TERN_Q4_0 ? 2 : type == TERN_Q4_1 ? 4 : type == TERN_Q5_0 ? 6 : 8;

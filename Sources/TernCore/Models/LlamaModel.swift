@@ -123,7 +123,7 @@ public final class LlamaModel: LanguageModel {
         } else {
             // Tied embeddings: lookups read rows back from the packed copy where its type allows
             // (WeightTensor.rowsFromPacked), so the mapped file's pages stay given back; otherwise from the map.
-            output = embedding.packedForCompute()
+            output = embedding.packedForCompute(rowsReadLater: true)
             tokenEmbedding = output
         }
         let half = cfg.ropeDimensions / 2

@@ -46,13 +46,17 @@ public struct WeightTensor: @unchecked Sendable {
     /// A copy of this matrix that also carries the packed layout, if the active kernel path packs its type.
     /// Packing happens once at load; afterwards the mapped original pages of the matrix are released from
     /// memory (they come back from the file only if something reads them again, e.g. embedding lookups).
-    public func packedForCompute() -> WeightTensor {
+    /// `rowsReadLater`: rows will be looked up (a tied embedding). A private copy's pages (`--no-mmap`) given back
+    /// would read as zeros, so they are kept when lookups would read them (rows the packed copy cannot give).
+    public func packedForCompute(rowsReadLater: Bool = false) -> WeightTensor {
+        let file = owner as? MappedFile
+        let releasable = file.map { $0.isFileBacked || !rowsReadLater || tern_packed_rows_readable(Int32(type.rawValue)) != 0 } ?? false
         if let s = sparse {
             guard let p = s.packed() else { return self }
             var copy = self
             copy.sparse = p
             // The octet layout holds every value again; the index section stays in use.
-            if owner is MappedFile { Self.releasePages(data + s.valuesOffset, s.valuesBytes) }
+            if releasable { Self.releasePages(data + s.valuesOffset, s.valuesBytes) }
             return copy
         }
         guard shape.count == 2, !type.isFloat, packed == nil else { return self }
@@ -60,7 +64,7 @@ public struct WeightTensor: @unchecked Sendable {
         if let found = SparseMatrix.groupSparse(fromDense: self), let p = found.packed() {
             var copy = self
             copy.sparse = p
-            if owner is MappedFile { Self.releasePages(data, byteCount) }
+            if releasable { Self.releasePages(data, byteCount) }
             return copy
         }
         let size = tern_packed_size(Int32(type.rawValue), Int64(rows), Int64(columns))
@@ -74,7 +78,7 @@ public struct WeightTensor: @unchecked Sendable {
             let r1 = min(rows, r0 + slice)
             guard tern_pack_weights_range(Int32(type.rawValue), data, rowBytes, Int64(rows), Int64(columns), buffer.pointer,
                                           Int64(r0), Int64(r1)) == 0 else { return self }
-            if owner is MappedFile { Self.releasePages(data + r0 * rowBytes, (r1 - r0) * rowBytes) }
+            if releasable { Self.releasePages(data + r0 * rowBytes, (r1 - r0) * rowBytes) }
         }
         var copy = self
         copy.packed = UnsafeRawPointer(buffer.pointer)
