@@ -138,6 +138,45 @@ int tern_pack_weights(int type, const void *w, size_t row_bytes, int64_t rows, i
     return tern_pack_weights_range(type, w, row_bytes, rows, n, packed, 0, rows);
 }
 
+/* Row `row` of a packed matrix as floats, for the 32-value types: each block's original bytes are put back
+   together from the panel (the exact inverse of pack_row) and dequantized as tern_dequantize_row would, so the
+   values are the stored row's bits. Lets tied embeddings look rows up in the packed copy, whose file pages were
+   given back after packing, instead of faulting the mapped file back in (a page fault maps its neighbours too). */
+int tern_packed_rows_readable(int type) {
+    size_t wb, sb;
+    return !is_k(type) && type != TERN_Q6_K && tern_packed_block_geometry(type, &wb, &sb);
+}
+
+int tern_dequantize_packed_row(int type, const void *packed, int64_t n, int64_t row, float *dst) {
+    size_t wb, sb, so = 0, pb = tern_packed_panel_bytes(type, n, &so);
+    if (!pb || row < 0 || !tern_packed_rows_readable(type) || !tern_packed_block_geometry(type, &wb, &sb)) return -1;
+    const int q8 = type == TERN_Q8_0, q5 = type == TERN_Q5_0 || type == TERN_Q5_1;
+    const int hasm = type == TERN_Q4_1 || type == TERN_Q5_1;
+    const int qoff = type == TERN_Q4_0 ? 2 : type == TERN_Q4_1 ? 4 : type == TERN_Q5_0 ? 6 : 8;
+    const uint8_t *pw = (const uint8_t *)packed + (size_t)(row / PR) * pb, *ps = pw + so;
+    const int rr = (int)(row % PR);
+    uint8_t blk[64];
+    for (int64_t b = 0; b < n / TERN_QK; b++) {
+        const uint8_t *dw = pw + (size_t)b * wb, *ds = ps + (size_t)b * sb + 2 * rr;
+        memset(blk, 0, sizeof blk);
+        memcpy(blk, ds, 2);
+        if (hasm) memcpy(blk + 2, ds + 32, 2);
+        if (q8) {
+            for (int k = 0; k < 8; k++)
+                for (int j = 0; j < 4; j++) blk[2 + 4 * k + j] = dw[64 * k + 4 * rr + j] ^ 0x80;
+        } else {
+            for (int k = 0; k < 4; k++) memcpy(blk + qoff + 4 * k, dw + 64 * k + 4 * rr, 4);
+            if (q5) {
+                uint32_t qh = 0;
+                for (int k = 0; k < 8; k++) qh |= (uint32_t)((dw[256 + 8 * k + rr / 2] >> (4 * (rr & 1))) & 15) << (4 * k);
+                memcpy(blk + qoff - 4, &qh, 4);
+            }
+        }
+        tern_dequantize_row(type, blk, dst + b * TERN_QK, TERN_QK);
+    }
+    return 0;
+}
+
 static int maskbit(const uint8_t *mask, int bit) { return (mask[bit / 8] >> (bit % 8)) & 1; }
 
 /* Block b of lane `lane`: the 32 unsigned weights, their scale d' and offset o, as the AVX-512 kernel forms them. */

@@ -37,7 +37,7 @@ struct InspectCommand: ParsableCommand, EnvironmentReadable {
         print("chat template: \(ck.chatTemplate == nil ? "none" : "\(ck.chatTemplate!.count) characters")")
         if let g = ck.gguf {
             print("metadata:")
-            for key in g.metadataKeys where !key.hasPrefix("tokenizer.ggml.") || !(g.metadata[key]?.arrayValue != nil) {
+            for key in g.metadataKeys where !key.hasPrefix("tokenizer.ggml.") || !(g.metadata[key]?.isArray ?? false) {
                 if key == "tokenizer.chat_template" { continue }
                 var v = g.metadata[key]!.description
                 if v.count > 120 { v = String(v.prefix(117)) + "..." }

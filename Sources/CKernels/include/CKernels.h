@@ -67,6 +67,11 @@ int    tern_pack_weights(int type, const void *w, size_t row_bytes, int64_t rows
 /* Packs rows [r0, r1) only (r0, r1 multiples of TERN_PACK_ROWS, or r1 == rows), so threads can share the work. */
 int    tern_pack_weights_range(int type, const void *w, size_t row_bytes, int64_t rows, int64_t n, void *packed,
                                int64_t r0, int64_t r1);
+/* Row `row` (n values) of a packed matrix, dequantized exactly as tern_dequantize_row reads the original row.
+   Returns 0, or -1 when the type has no packed form or is a K-quant (their rows are not unpacked). */
+int    tern_dequantize_packed_row(int type, const void *packed, int64_t n, int64_t row, float *dst);
+/* 1 when tern_dequantize_packed_row reads this type's rows (once packed), else 0. */
+int    tern_packed_rows_readable(int type);
 /* tern_matmul_q over packed weights, for r0 a multiple of TERN_PACK_ROWS and r1 a multiple of it or == rows. */
 void   tern_matmul_packed(int type, const void *packed, int64_t rows, int64_t n, const tern_q8_block *a, int64_t m,
                           float *out, int64_t ldo, int64_t r0, int64_t r1);

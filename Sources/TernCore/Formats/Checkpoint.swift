@@ -59,6 +59,7 @@ public final class Checkpoint: Sendable {
         self.tensors = t
         self.tokenizerSpec = try TokenizerSpec(gguf: g)
         self.chatTemplate = g.string("tokenizer.chat_template")
+        g.releaseHeaderPages()
     }
 
     private init(huggingFaceDirectory dir: String, backing: MappedFile.Backing) throws {

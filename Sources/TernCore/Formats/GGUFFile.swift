@@ -8,6 +8,10 @@ public enum GGUFValue: Sendable, CustomStringConvertible {
     case uint8(UInt8), int8(Int8), uint16(UInt16), int16(Int16), uint32(UInt32), int32(Int32)
     case float32(Float), bool(Bool), string(String), uint64(UInt64), int64(Int64), float64(Double)
     case array([GGUFValue])
+    /// A long array of numbers or strings left where it lies in the mapped file, read when asked for: a
+    /// SentencePiece vocabulary's tokens, scores and types (262 144 each for Gemma 3) would otherwise stay
+    /// resident for the file's life as GGUFValues, 24 bytes an element, besides the copies the tokenizer makes.
+    case fileArray(GGUFFileArray)
 
     public var intValue: Int? {
         switch self {
@@ -44,7 +48,16 @@ public enum GGUFValue: Sendable, CustomStringConvertible {
 
     public var arrayValue: [GGUFValue]? {
         if case .array(let a) = self { return a }
+        if case .fileArray(let a) = self { return a.elements() }
         return nil
+    }
+
+    /// Whether this is an array, without reading its elements.
+    public var isArray: Bool {
+        switch self {
+        case .array, .fileArray: return true
+        default: return false
+        }
     }
 
     public var description: String {
@@ -64,8 +77,71 @@ public enum GGUFValue: Sendable, CustomStringConvertible {
         case .array(let a):
             let head = a.prefix(4).map { $0.description }.joined(separator: ", ")
             return a.count > 4 ? "[\(head), … (\(a.count) items)]" : "[\(head)]"
+        case .fileArray(let a):
+            let head = (a.elements(limit: 4) ?? []).map { $0.description }.joined(separator: ", ")
+            return a.count > 4 ? "[\(head), … (\(a.count) items)]" : "[\(head)]"
         }
     }
+}
+
+/// An array of numbers or strings in a GGUF file's metadata, read from the mapped file on demand. Its bytes were
+/// checked when the file was opened; it keeps the mapping alive.
+public struct GGUFFileArray: Sendable {
+    let file: MappedFile
+    /// Where the first element starts, and the bytes of all elements (GGUF's encoding, little-endian).
+    let offset: Int
+    let byteCount: Int
+    /// GGUF's value type of every element (0–8, 10–12: never a nested array).
+    public let elementType: UInt32
+    public let count: Int
+
+    /// Arrays at least this long are left in the file.
+    static let minimumCount = 256
+
+    /// The elements as values (the first `limit` only, when given); nil only if the file changed under the map.
+    public func elements(limit: Int? = nil) -> [GGUFValue]? {
+        var r = ByteCursor(base: file.base, size: offset + byteCount, path: file.path)
+        r.offset = offset
+        let n = min(count, limit ?? count)
+        var out: [GGUFValue] = []
+        out.reserveCapacity(n)
+        for _ in 0..<n {
+            guard let v = try? r.readValue(type: elementType, context: "array", depth: 1) else { return nil }
+            out.append(v)
+        }
+        return out
+    }
+
+    /// The elements as strings, without GGUFValues in between; nil when they are not strings.
+    public func strings() -> [String]? {
+        guard elementType == 8 else { return nil }
+        var r = ByteCursor(base: file.base, size: offset + byteCount, path: file.path)
+        r.offset = offset
+        var out: [String] = []
+        out.reserveCapacity(count)
+        for _ in 0..<count {
+            guard let s = try? r.readString("array") else { return nil }
+            out.append(s)
+        }
+        return out
+    }
+
+    /// Each element converted by `convert` (nil when it does not convert), without an array of GGUFValues between.
+    func map<T>(_ convert: (GGUFValue) -> T?) -> [T]? {
+        guard elementType != 8 else { return nil }
+        var r = ByteCursor(base: file.base, size: offset + byteCount, path: file.path)
+        r.offset = offset
+        var out: [T] = []
+        out.reserveCapacity(count)
+        for _ in 0..<count {
+            guard let v = try? r.readValue(type: elementType, context: "array", depth: 1), let t = convert(v) else { return nil }
+            out.append(t)
+        }
+        return out
+    }
+
+    /// The raw bytes of the elements, for writing them back out unchanged.
+    public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: file.base + offset, count: byteCount) }
 }
 
 public struct GGUFTensorInfo: Sendable {
@@ -120,7 +196,7 @@ public final class GGUFFile: Sendable {
         for i in 0..<Int(kvCount) {
             let key = try r.readString("metadata key #\(i)")
             let rawType = try r.read(UInt32.self, "type of metadata '\(key)'")
-            let value = try r.readValue(type: rawType, context: "metadata '\(key)'", depth: 0)
+            let value = try r.readValue(type: rawType, context: "metadata '\(key)'", depth: 0, file: file)
             if metadata.updateValue(value, forKey: key) == nil { keys.append(key) }
         }
         self.metadata = metadata
@@ -187,6 +263,14 @@ public final class GGUFFile: Sendable {
         self.tensorIndex = index
     }
 
+    /// Gives back the resident pages of the header (metadata and tensor infos) when the file is mapped: once the
+    /// tokenizer has its own copy of the vocabulary, 6 MiB of Gemma 3's file would otherwise stay resident for
+    /// nothing. Reading metadata afterwards faults the pages back in from the file.
+    public func releaseHeaderPages() {
+        guard file.isFileBacked else { return }
+        WeightTensor.releasePages(file.base, tensors.map(\.fileOffset).min() ?? file.size)
+    }
+
     public func tensor(named name: String) -> GGUFTensorInfo? {
         tensorIndex[name].map { tensors[$0] }
     }
@@ -200,6 +284,7 @@ public final class GGUFFile: Sendable {
 
     public func stringArray(_ key: String) throws -> [String]? {
         guard let v = metadata[key] else { return nil }
+        if case .fileArray(let fa) = v, let strings = fa.strings() { return strings }
         guard let a = v.arrayValue else { throw CheckpointError(file: path, "metadata '\(key)' should be an array of strings") }
         return try a.map {
             guard let s = $0.stringValue else { throw CheckpointError(file: path, "metadata '\(key)' should be an array of strings") }
@@ -209,6 +294,7 @@ public final class GGUFFile: Sendable {
 
     public func doubleArray(_ key: String) throws -> [Double]? {
         guard let v = metadata[key] else { return nil }
+        if case .fileArray(let fa) = v, let numbers = fa.map(\.doubleValue) { return numbers }
         guard let a = v.arrayValue else { throw CheckpointError(file: path, "metadata '\(key)' should be an array of numbers") }
         return try a.map {
             guard let d = $0.doubleValue else { throw CheckpointError(file: path, "metadata '\(key)' should be an array of numbers") }
@@ -218,6 +304,7 @@ public final class GGUFFile: Sendable {
 
     public func intArray(_ key: String) throws -> [Int]? {
         guard let v = metadata[key] else { return nil }
+        if case .fileArray(let fa) = v, let numbers = fa.map(\.intValue) { return numbers }
         guard let a = v.arrayValue else { throw CheckpointError(file: path, "metadata '\(key)' should be an array of integers") }
         return try a.map {
             guard let d = $0.intValue else { throw CheckpointError(file: path, "metadata '\(key)' should be an array of integers") }
@@ -252,6 +339,26 @@ struct ByteCursor {
         return T(littleEndian: v)
     }
 
+    /// Bytes of each fixed-size value type; nil for strings, arrays and unknown types.
+    static func fixedSize(_ type: UInt32) -> Int? {
+        switch type {
+        case 0, 1, 7: return 1
+        case 2, 3: return 2
+        case 4, 5, 6: return 4
+        case 10, 11, 12: return 8
+        default: return nil
+        }
+    }
+
+    /// Checks a string's length against the file and moves past it.
+    mutating func skipString(_ what: String) throws {
+        let len = try read(UInt64.self, "length of \(what)")
+        guard len <= UInt64(size - offset) else {
+            throw CheckpointError(file: path, "\(what) claims \(len) bytes, more than the file holds (corrupt)")
+        }
+        offset += Int(len)
+    }
+
     mutating func readString(_ what: String) throws -> String {
         let len = try read(UInt64.self, "length of \(what)")
         guard len <= UInt64(size - offset) else {
@@ -263,7 +370,8 @@ struct ByteCursor {
         return s
     }
 
-    mutating func readValue(type: UInt32, context: String, depth: Int) throws -> GGUFValue {
+    /// `file`: when given, long arrays of numbers or strings become `.fileArray`s over it (checked, then skipped).
+    mutating func readValue(type: UInt32, context: String, depth: Int, file: MappedFile? = nil) throws -> GGUFValue {
         switch type {
         case 0: return .uint8(try read(UInt8.self, context))
         case 1: return .int8(try read(Int8.self, context))
@@ -285,6 +393,23 @@ struct ByteCursor {
             let minSize: UInt64 = elemType == 8 ? 8 : 1
             guard count <= UInt64(size - offset) / minSize else {
                 throw CheckpointError(file: path, "\(context): array length \(count) is larger than the file could hold (truncated or corrupt)")
+            }
+            if let file, count >= UInt64(GGUFFileArray.minimumCount), elemType != 9,
+               let fixed = Self.fixedSize(elemType) ?? (elemType == 8 ? 0 : nil) {
+                let start = offset
+                if fixed > 0 {
+                    try need(Int(count) * fixed, context)
+                    offset += Int(count) * fixed
+                } else {
+                    for _ in 0..<Int(count) { _ = try skipString(context) }
+                }
+                if elemType == 7 {  // bools must be 0 or 1, as readValue checks them one by one
+                    for i in start..<offset where base.load(fromByteOffset: i, as: UInt8.self) > 1 {
+                        throw CheckpointError(file: path, "\(context): bool value is neither 0 nor 1")
+                    }
+                }
+                return .fileArray(GGUFFileArray(file: file, offset: start, byteCount: offset - start,
+                                                elementType: elemType, count: Int(count)))
             }
             var items: [GGUFValue] = []
             items.reserveCapacity(Int(count))

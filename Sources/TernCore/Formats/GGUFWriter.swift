@@ -63,7 +63,7 @@ public struct GGUFWriter {
             case .float32: return 6
             case .bool: return 7
             case .string: return 8
-            case .array: return 9
+            case .array, .fileArray: return 9
             case .uint64: return 10
             case .int64: return 11
             case .float64: return 12
@@ -91,6 +91,10 @@ public struct GGUFWriter {
                 u32(t)
                 u64(UInt64(items.count))
                 for i in items { try value(i) }
+            case .fileArray(let a):
+                u32(a.elementType)
+                u64(UInt64(a.count))
+                header.append(contentsOf: a.bytes)
             }
         }
 

@@ -23,6 +23,10 @@ public final class MappedFile: @unchecked Sendable {
     public let path: String
     public let base: UnsafeRawPointer
     public let size: Int
+    /// Whether the bytes are the file's pages (`.mapped`): clean pages that madvise(MADV_DONTNEED) may give back
+    /// and that come back from the file when read again. A private copy or heap bytes given back would read as
+    /// zeros, so nothing may release them.
+    public let isFileBacked: Bool
     private let release: Release
 
     public enum Backing: Sendable { case mapped, privateCopy }
@@ -46,6 +50,7 @@ public final class MappedFile: @unchecked Sendable {
                 throw CheckpointError(file: path, "mmap failed: \(String(cString: strerror(errno)))")
             }
             self.base = UnsafeRawPointer(p)
+            self.isFileBacked = true
         case .privateCopy:
             guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED else {
                 throw CheckpointError(file: path, "cannot allocate \(size) bytes for the model: \(String(cString: strerror(errno)))")
@@ -67,6 +72,7 @@ public final class MappedFile: @unchecked Sendable {
             }
             mprotect(p, size, PROT_READ)
             self.base = UnsafeRawPointer(p)
+            self.isFileBacked = false
         }
         self.size = size
         self.release = .unmap(size)
@@ -79,6 +85,7 @@ public final class MappedFile: @unchecked Sendable {
         let p = UnsafeMutableRawPointer.allocate(byteCount: max(bytes.count, 1), alignment: 64)
         if let src = bytes.baseAddress { p.copyMemory(from: src, byteCount: bytes.count) }
         base = UnsafeRawPointer(p)
+        isFileBacked = false
         release = .deallocate
     }
 

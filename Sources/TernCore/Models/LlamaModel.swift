@@ -89,8 +89,8 @@ public final class LlamaModel: LanguageModel {
             present ? try norm(name, count: count) : nil
         }
 
-        tokenEmbedding = try matrix("token_embd.weight", columns: dim, rows: cfg.vocabularySize)
-        guard tokenEmbedding.sparse == nil else {
+        let embedding = try matrix("token_embd.weight", columns: dim, rows: cfg.vocabularySize)
+        guard embedding.sparse == nil else {
             throw CheckpointError(file: path, "tensor 'token_embd.weight' is sparse; embedding lookups need a dense table")
         }
         var layers: [Layer] = []
@@ -119,8 +119,12 @@ public final class LlamaModel: LanguageModel {
         outputNorm = try norm("output_norm.weight", count: dim)
         if checkpoint.tensors["output.weight"] != nil {
             output = try matrix("output.weight", columns: dim, rows: cfg.vocabularySize).packedForCompute()
+            tokenEmbedding = embedding
         } else {
-            output = tokenEmbedding.packedForCompute()   // tied embeddings: lookups read the original rows
+            // Tied embeddings: lookups read rows back from the packed copy where its type allows
+            // (WeightTensor.rowsFromPacked), so the mapped file's pages stay given back; otherwise from the map.
+            output = embedding.packedForCompute(rowsReadLater: true)
+            tokenEmbedding = output
         }
         let half = cfg.ropeDimensions / 2
         var tables = [RopeTable(inverseFrequencies: (0..<half).map { i in
@@ -213,7 +217,6 @@ public final class LlamaModel: LanguageModel {
         for mem in memories { try mem.reserve(0) }
 
         // Lay the batch out row by row.
-        let embType = Int32(tokenEmbedding.type.rawValue)
         var row = 0
         ws.lastRowOfItem.removeAll(keepingCapacity: true)
         for (i, item) in batch.enumerated() {
@@ -222,7 +225,7 @@ public final class LlamaModel: LanguageModel {
                 ws.rowPosition[row] = start + j
                 ws.attentionPosition[row] = start + j - memories[i].droppedPositions
                 ws.rowItem[row] = i
-                tern_dequantize_row(embType, tokenEmbedding.data + Int(t) * tokenEmbedding.rowBytes, ws.x + row * dim, Int64(dim))
+                tokenEmbedding.dequantizeRow(Int(t), into: ws.x + row * dim)
                 if cfg.embeddingScale != 1 { VectorOps.scale(ws.x + row * dim, cfg.embeddingScale, count: dim) }
                 if item.logitRows.contains(j) { ws.logitSourceRows.append(row) }
                 row += 1

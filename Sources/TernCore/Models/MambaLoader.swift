@@ -72,7 +72,8 @@ extension MambaModel {
             return t
         }
 
-        func matrix(_ names: [String], columns: Int, rows: Int) throws -> WeightTensor {
+        /// `rowsReadLater`: an embedding, whose rows are looked up (see WeightTensor.packedForCompute).
+        func matrix(_ names: [String], columns: Int, rows: Int, rowsReadLater: Bool = false) throws -> WeightTensor {
             let t = try require(names)
             guard t.shape.count == 2, t.columns == columns, t.rows == rows else {
                 throw CheckpointError(file: path, "tensor '\(t.name)' has shape \(t.shape), expected [\(columns), \(rows)]")
@@ -80,7 +81,7 @@ extension MambaModel {
             guard t.type.isFloat || columns % 32 == 0 else {
                 throw CheckpointError(file: path, "tensor '\(t.name)': quantized rows of \(columns) values are not a multiple of 32")
             }
-            return t.packedForCompute()
+            return t.packedForCompute(rowsReadLater: rowsReadLater)
         }
 
         /// A tensor of `shape` (GGML order); size-1 dimensions are ignored, so [d_conv, 1, C] matches [d_conv, C].

@@ -31,7 +31,7 @@ public final class MambaModel: LanguageModel {
         guard emb.shape.count == 2, emb.rows > 0 else {
             throw CheckpointError(file: checkpoint.path, "tensor '\(emb.name)' has shape \(emb.shape), expected [\(dim), vocabulary]")
         }
-        tokenEmbedding = try r.matrix(embNames, columns: dim, rows: emb.rows)
+        tokenEmbedding = try r.matrix(embNames, columns: dim, rows: emb.rows, rowsReadLater: true)
         layers = try Self.loadLayers(r, config: cfg)
         outputNorm = try r.vector(["output_norm.weight", "backbone.norm_f.weight"], shape: [dim])
         if r.find(["output.weight", "lm_head.weight"]) != nil {
@@ -87,7 +87,6 @@ public final class MambaModel: LanguageModel {
         guard m <= ws.maxTokens else { throw ModelError.batchTooLarge(m, max: ws.maxTokens) }
 
         // Lay the batch out row by row; remember each sequence's rows and state.
-        let embType = Int32(tokenEmbedding.type.rawValue)
         var row = 0, items = 0
         for item in batch where !item.tokens.isEmpty {
             let st = item.memory as! MambaState
@@ -97,7 +96,7 @@ public final class MambaModel: LanguageModel {
             ws.itemSSM[items] = st.ssm
             items += 1
             for (j, t) in item.tokens.enumerated() {
-                tern_dequantize_row(embType, tokenEmbedding.data + Int(t) * tokenEmbedding.rowBytes, ws.x + row * dim, Int64(dim))
+                tokenEmbedding.dequantizeRow(Int(t), into: ws.x + row * dim)   // from the packed copy when it can
                 if item.logitRows.contains(j) { ws.logitSourceRows.append(row) }
                 row += 1
             }

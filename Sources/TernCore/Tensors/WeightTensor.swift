@@ -21,6 +21,11 @@ public struct WeightTensor: @unchecked Sendable {
     /// `data` is the blob and `type` the type of its stored values, and only `dequantizeRow` may read them; for a
     /// dense matrix found to have whole zero chunks at load, `data` stays the dense original.
     public private(set) var sparse: SparseMatrix?
+    /// Whether `dequantizeRow` reads rows back from `packed` (the 32-value types; see tern_dequantize_packed_row)
+    /// rather than from `data`, whose mapped pages were given back after packing: a lookup in the map faults the
+    /// page back in with its neighbours (the kernel's fault-around), so a tied embedding's lookups would make the
+    /// file's pages resident again, 64 KiB or more for every distinct token.
+    public private(set) var rowsFromPacked = false
 
     public init(name: String, type: GGMLType, shape: [Int], data: UnsafeRawPointer, byteCount: Int, owner: AnyObject) {
         self.name = name
@@ -41,13 +46,17 @@ public struct WeightTensor: @unchecked Sendable {
     /// A copy of this matrix that also carries the packed layout, if the active kernel path packs its type.
     /// Packing happens once at load; afterwards the mapped original pages of the matrix are released from
     /// memory (they come back from the file only if something reads them again, e.g. embedding lookups).
-    public func packedForCompute() -> WeightTensor {
+    /// `rowsReadLater`: rows will be looked up (a tied embedding). A private copy's pages (`--no-mmap`) given back
+    /// would read as zeros, so they are kept when lookups would read them (rows the packed copy cannot give).
+    public func packedForCompute(rowsReadLater: Bool = false) -> WeightTensor {
+        let file = owner as? MappedFile
+        let releasable = file.map { $0.isFileBacked || !rowsReadLater || tern_packed_rows_readable(Int32(type.rawValue)) != 0 } ?? false
         if let s = sparse {
             guard let p = s.packed() else { return self }
             var copy = self
             copy.sparse = p
             // The octet layout holds every value again; the index section stays in use.
-            if owner is MappedFile { Self.releasePages(data + s.valuesOffset, s.valuesBytes) }
+            if releasable { Self.releasePages(data + s.valuesOffset, s.valuesBytes) }
             return copy
         }
         guard shape.count == 2, !type.isFloat, packed == nil else { return self }
@@ -55,7 +64,7 @@ public struct WeightTensor: @unchecked Sendable {
         if let found = SparseMatrix.groupSparse(fromDense: self), let p = found.packed() {
             var copy = self
             copy.sparse = p
-            if owner is MappedFile { Self.releasePages(data, byteCount) }
+            if releasable { Self.releasePages(data, byteCount) }
             return copy
         }
         let size = tern_packed_size(Int32(type.rawValue), Int64(rows), Int64(columns))
@@ -69,11 +78,14 @@ public struct WeightTensor: @unchecked Sendable {
             let r1 = min(rows, r0 + slice)
             guard tern_pack_weights_range(Int32(type.rawValue), data, rowBytes, Int64(rows), Int64(columns), buffer.pointer,
                                           Int64(r0), Int64(r1)) == 0 else { return self }
-            if owner is MappedFile { Self.releasePages(data + r0 * rowBytes, (r1 - r0) * rowBytes) }
+            if releasable { Self.releasePages(data + r0 * rowBytes, (r1 - r0) * rowBytes) }
         }
         var copy = self
         copy.packed = UnsafeRawPointer(buffer.pointer)
         copy.packedOwner = buffer
+        let probe = UnsafeMutablePointer<Float>.allocate(capacity: columns)
+        defer { probe.deallocate() }
+        copy.rowsFromPacked = tern_dequantize_packed_row(Int32(type.rawValue), buffer.pointer, Int64(columns), 0, probe) == 0
         return copy
     }
 
@@ -89,6 +101,10 @@ public struct WeightTensor: @unchecked Sendable {
     /// Row r as `columns` floats, whatever the storage (dense types or a sparse blob).
     public func dequantizeRow(_ r: Int, into dst: UnsafeMutablePointer<Float>) {
         if let s = sparse { s.dequantizeRow(r, into: dst); return }
+        if rowsFromPacked, let packed {
+            tern_dequantize_packed_row(Int32(type.rawValue), packed, Int64(columns), Int64(r), dst)
+            return
+        }
         tern_dequantize_row(Int32(type.rawValue), data + r * rowBytes, dst, Int64(columns))
     }
 

@@ -121,14 +121,14 @@ struct MergeTableRanker: BPEPairRanker {
 /// SentencePiece without a merge list: a pair merges when its joined text is a vocabulary piece, the piece's
 /// score saying how eagerly.
 struct ScoreRanker: BPEPairRanker {
-    let vocabulary: [[UInt8]: Int32]   // bytes, not String: see Tokenizer.tokenToID
+    let vocabulary: VocabularyIndex   // bytes, not String: see Tokenizer.tokenToID
     let scores: [Float]
     let mergeable: [Bool]
 
     @inline(__always) func rank(_ left: BPESymbol, _ right: BPESymbol, _ bytes: UnsafeBufferPointer<UInt8>)
         -> (score: Double, result: Int32)? {
         let slice = UnsafeBufferPointer(rebasing: bytes[Int(left.start)..<Int(right.end)])
-        guard let id = vocabulary[Array(slice)], mergeable[Int(id)] else { return nil }
+        guard let id = vocabulary[slice], mergeable[Int(id)] else { return nil }
         return (Double(scores[Int(id)]), id)
     }
 }

@@ -17,7 +17,7 @@ public final class Tokenizer: Sendable {
 
     /// Keyed by UTF-8 bytes, not String: Swift compares Strings by canonical equivalence, which would merge
     /// distinct vocabulary entries such as "é" (U+00E9) and "e\u{301}".
-    private let tokenToID: [[UInt8]: Int32]
+    private let tokenToID: VocabularyIndex
     private let preTokenizer: PreTokenizerKind
     private let mergeRanker: MergeTableRanker
     private let scoreRanker: ScoreRanker?
@@ -59,8 +59,7 @@ public final class Tokenizer: Sendable {
         }
         self.spec = spec
 
-        var vocab = [[UInt8]: Int32](minimumCapacity: n)
-        for (i, t) in spec.tokens.enumerated() where vocab[Array(t.utf8)] == nil { vocab[Array(t.utf8)] = Int32(i) }
+        let vocab = VocabularyIndex(tokens: spec.tokens)
         tokenToID = vocab
         let types = spec.tokenTypes
         func type(_ i: Int) -> Int32 { types.isEmpty ? TokenizerSpec.TokenType.normal : types[i] }
@@ -416,7 +415,7 @@ public final class Tokenizer: Sendable {
 
     /// "left right" -> ids. Tokens may themselves hold spaces (array-form HF merges joined by the loader), so try
     /// every space until both halves are vocabulary entries.
-    private static func splitMerge(_ m: String, index: Int, vocab: [[UInt8]: Int32]) throws -> (Int32, Int32) {
+    private static func splitMerge(_ m: String, index: Int, vocab: VocabularyIndex) throws -> (Int32, Int32) {
         // Bytes, not Characters: a space followed by a combining mark is one Character.
         let u = Array(m.utf8)
         var firstUnknown: [UInt8]?
