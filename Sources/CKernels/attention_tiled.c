@@ -5,7 +5,7 @@
 
    The AVX2 path keeps keys row-major: a score is eight lane chains over the head dimension's 8-wide chunks, summed
    in one fixed tree, and the weighted values are one chain per 8 columns over the tile's keys in order. Those
-   operations are the same whatever register tile a query shares (2 queries × 4 keys for a prefill chunk, all
+   operations are the same whatever register tile a query shares (3 queries × 4 keys for a prefill chunk, all
    heads of one decoding row straight from the cache without a copy), so relay passes, split keys and plain calls
    agree bit for bit. The next tile's cache lines are requested a tile ahead.
 
@@ -381,7 +381,7 @@ INL void direct_values(int t, int N, const float *const *pp, const float *alpha,
 
 /* The AVX2 tile (hd a multiple of 8): scores with the keys row-major, so a tile needs a conversion, not a transpose,
    and a task of at most four queries (one decoding row's heads) reads whole f32/f16 tiles from the cache without
-   a copy; larger tasks copy the tile once and run 2-query × 4-key score tiles and 2-query × 32-column value tiles. */
+   a copy; larger tasks copy the tile once and run 3-query × 4-key score tiles and 3-query × 32-column value tiles. */
 TGT static void tiled_avx2(int t, int64_t hd, float scale, const float *q, int64_t rows, int64_t heads,
                            size_t q_row_stride, int64_t pos0, int64_t window, const tern_kv_segment *segs, int64_t nseg,
                            size_t layer_offset, size_t row_bytes, size_t head_offset, int64_t k_lo, int64_t k_hi,
@@ -486,8 +486,8 @@ TGT static void tiled_avx2(int t, int64_t hd, float scale, const float *q, int64
             l[i] = l[i] * alpha[i] + hsum8(_mm256_add_ps(p0, p1));
             m[i] = mn;
         }
-        /* The weighted values, two queries × 32 columns at a time (eight independent chains: 16 columns were
-           latency-bound, 8% slower). */
+        /* The weighted values, three queries × 32 columns at a time (twelve independent chains; with 16 columns
+           they were latency-bound). */
         if (krows) {
             for (u = 0; u < nact; u++) {
                 const int64_t i = active[u];
