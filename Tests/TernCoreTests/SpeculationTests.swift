@@ -130,13 +130,17 @@ final class SpeculationTests: XCTestCase {
             XCTAssertEqual(solo, expected, "adaptive \(adaptive): one stream")
             XCTAssertEqual(together.map { $0.tokens[0] ?? [] }, expected, "adaptive \(adaptive): batched")
             let metrics = e.metrics().speculation
-            XCTAssertGreaterThan(metrics.draftedTokens, 0)
-            // The repeat prompt's output follows its prompt, so most of its drafts are accepted (the other two
-            // prompts' drafts mostly are not, so the totals say little).
-            let r = try XCTUnwrap(repeatMetrics)
-            XCTAssertGreaterThan(r.draftedTokens, 0)
-            XCTAssertGreaterThan(r.acceptedTokens, r.draftedTokens / 2, "the repeat prompt is mostly accepted")
-            XCTAssertEqual(metrics.draftedByPosition.first, metrics.verifications)
+            if metrics.draftedTokens > 0 { XCTAssertEqual(metrics.draftedByPosition.first, metrics.verifications) }
+            // Adaptive lengths follow this machine's measured step costs (on a loaded machine it may decide not to
+            // draft at all; its model has tests of its own above), so the draft counts are checked with fixed-length
+            // drafts. The repeat prompt's output follows its prompt, so most of its drafts are accepted (the other
+            // two prompts' drafts mostly are not, so the totals say little).
+            if !adaptive {
+                XCTAssertGreaterThan(metrics.draftedTokens, 0)
+                let r = try XCTUnwrap(repeatMetrics)
+                XCTAssertGreaterThan(r.draftedTokens, 0)
+                XCTAssertGreaterThan(r.acceptedTokens, r.draftedTokens / 2, "the repeat prompt is mostly accepted")
+            }
             assertAllBlocksFree(e)  // rejected drafts' blocks went back
             e.stop()
         }
