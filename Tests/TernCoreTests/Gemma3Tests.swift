@@ -226,4 +226,32 @@ final class Gemma3Tests: XCTestCase {
         tern_geglu_tanh(&g, &up, 4)
         for (x, want) in zip(g, [Float(0), 0, 50, 200]) { XCTAssertEqual(x, want, accuracy: 1e-6) }
     }
+
+    /// SwiGLU (the Llama family's activation), both paths against a Double reference, extremes finite.
+    func testSwiGLUKernelPathsAgree() throws {
+        var rng = AttentionKernelTests.Random(state: 12)
+        for n in [1, 7, 8, 33, 1536] {
+            let gate = rng.array(n).map { $0 * 12 }, up = rng.array(n)
+            let want = (0..<n).map { i -> Double in
+                let g = Double(gate[i])
+                return g / (1 + exp(-g)) * Double(up[i])
+            }
+            for path in [Int32(TERN_PATH_SCALAR), Int32(TERN_PATH_AVX2)] {
+                tern_force_path(path)
+                var g = gate
+                tern_swiglu(&g, up, Int64(n))
+                for i in 0..<n { XCTAssertEqual(Double(g[i]), want[i], accuracy: 2e-6 * max(1, abs(want[i])), "path \(path), n \(n), i \(i)") }
+            }
+            tern_force_path(-1)
+        }
+        for path in [Int32(TERN_PATH_SCALAR), Int32(TERN_PATH_AVX2)] {
+            tern_force_path(path)
+            var g: [Float] = [-200, -100, -90, 90, 100, 200, 0, 1], up = [Float](repeating: 1, count: 8)
+            tern_swiglu(&g, &up, 8)
+            for (x, want) in zip(g, [Float(0), 0, 0, 90, 100, 200, 0, Float(1 / (1 + exp(-1.0)))]) {
+                XCTAssertEqual(x, want, accuracy: 1e-6, "path \(path)")
+            }
+        }
+        tern_force_path(-1)
+    }
 }

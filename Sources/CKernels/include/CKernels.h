@@ -86,6 +86,8 @@ void  tern_f16_to_f32(const uint16_t *x, float *y, int64_t n);
 
 /* gate[i] = gelu_tanh(gate[i]) * up[i] (GeGLU with GELU's tanh approximation, as Gemma uses). */
 void  tern_geglu_tanh(float *gate, const float *up, int64_t n);
+/* gate[i] = silu(gate[i]) * up[i] (SwiGLU). */
+void  tern_swiglu(float *gate, const float *up, int64_t n);
 
 /* Runtime dispatch: chosen once (lazily, thread-safe) from the CPU: 2 = AVX-512 VNNI (avx512f/bw/vl/vnni),
    1 = AVX2+FMA+F16C, 0 = portable scalar. tern_force_path lets tests compare paths (returns the path in force;
