@@ -296,32 +296,9 @@ INL void score_block(int t, int N, const float *const *qp, const uint8_t *k, siz
     for (int u = 0; u < N; u++) _mm_storeu_ps(sp[u] + j0, _mm_mul_ps(reduce4(a[u][0], a[u][1], a[u][2], a[u][3]), scale));
 }
 
-/* acc = acc·alpha + Σ_j p_j v_j over columns [c, c + 32) for N ≤ 3 queries of the f32 tile: per 8 columns one chain,
-   acc·alpha then the sixteen keys in order — direct_values' arithmetic, so a query's result does not depend on its
-   neighbours. Twelve chains; each value load feeds N multiply-adds. */
-INL void value_block(int N, const float *const *pp, const float *alpha, const float *v, int64_t hd, int64_t c,
-                     float *const *ap) {
-    __m256 x[3][4];
-    for (int u = 0; u < N; u++) {
-        const __m256 al = _mm256_set1_ps(alpha[u]);
-        for (int k = 0; k < 4; k++) x[u][k] = rescale(_mm256_loadu_ps(ap[u] + c + 8 * k), alpha[u], al);
-    }
-    for (int j = 0; j < TT; j++) {
-        __m256 b[3];
-        for (int u = 0; u < N; u++) b[u] = _mm256_broadcast_ss(pp[u] + j);
-        const float *vj = v + j * hd + c;
-        for (int k = 0; k < 4; k++) {
-            const __m256 y = _mm256_loadu_ps(vj + 8 * k);
-            for (int u = 0; u < N; u++) x[u][k] = _mm256_fmadd_ps(b[u], y, x[u][k]);
-        }
-    }
-    for (int u = 0; u < N; u++)
-        for (int k = 0; k < 4; k++) _mm256_storeu_ps(ap[u] + c + 8 * k, x[u][k]);
-}
-
 /* Few queries (N ≤ 4: one decoding row's heads) over a whole f32/f16 tile straight from the cache, with no tile
-   copy: each key chunk is converted once for all N queries. The arithmetic is scores4's and weigh_values', so a
-   query gets the same bits here as in a tile of many. */
+   copy: each key chunk is converted once for all N queries. The arithmetic is score_block's, so a query gets the
+   same bits here as in a tile of many. */
 INL void direct_scores(int t, int N, const float *const *qp, const uint8_t *k, size_t row_bytes, int64_t hd,
                        __m128 scale, float *const *sp) {
     for (int j = 0; j < TT; j += 2) {
@@ -348,21 +325,24 @@ INL void direct_scores(int t, int N, const float *const *qp, const uint8_t *k, s
     }
 }
 
-/* Columns [c, c + n·8) of N queries (both constants where called, so the tile lives in registers). */
-INL void direct_values_at(int t, int N, int n, const float *const *pp, const float *alpha, const uint8_t *v,
-                          size_t row_bytes, int64_t c, float *const *ap) {
+/* acc = acc·alpha + Σ_j p_j v_j over columns [c, c + n·8) of N ≤ 4 queries (N × n ≤ 12; both constants where
+   called, so the tile lives in registers), from value rows rs bytes apart: f32/f16 cache rows, or the f32 tile copy.
+   Per 8 columns one chain, acc·alpha then the sixteen keys in order, whichever path runs it and whichever queries
+   share the tile, so a query's result does not depend on its neighbours; each value load feeds N multiply-adds. */
+INL void values_at(int t, int N, int n, const float *const *pp, const float *alpha, const uint8_t *v, size_t rs,
+                   int64_t c, float *const *ap) {
     __m256 x[4][4];
     for (int u = 0; u < N; u++) {
         const __m256 al = _mm256_set1_ps(alpha[u]);
         for (int k = 0; k < n; k++) x[u][k] = rescale(_mm256_loadu_ps(ap[u] + c + 8 * k), alpha[u], al);
     }
     for (int j = 0; j < TT; j++) {
-        const uint8_t *vj = v + (size_t)j * row_bytes;
-        __m256 y[4];
-        for (int k = 0; k < n; k++) y[k] = cache8(t, vj, c + 8 * k);
-        for (int u = 0; u < N; u++) {
-            const __m256 b = _mm256_broadcast_ss(pp[u] + j);
-            for (int k = 0; k < n; k++) x[u][k] = _mm256_fmadd_ps(b, y[k], x[u][k]);
+        const uint8_t *vj = v + (size_t)j * rs;
+        __m256 b[4];
+        for (int u = 0; u < N; u++) b[u] = _mm256_broadcast_ss(pp[u] + j);
+        for (int k = 0; k < n; k++) {
+            const __m256 y = cache8(t, vj, c + 8 * k);
+            for (int u = 0; u < N; u++) x[u][k] = _mm256_fmadd_ps(b[u], y, x[u][k]);
         }
     }
     for (int u = 0; u < N; u++)
@@ -373,10 +353,10 @@ INL void direct_values(int t, int N, const float *const *pp, const float *alpha,
                        int64_t hd, float *const *ap) {
     int64_t c = 0;
     if (N <= 2)
-        for (; c + 32 <= hd; c += 32) direct_values_at(t, N, 4, pp, alpha, v, row_bytes, c, ap);
+        for (; c + 32 <= hd; c += 32) values_at(t, N, 4, pp, alpha, v, row_bytes, c, ap);
     else
-        for (; c + 16 <= hd; c += 16) direct_values_at(t, N, 2, pp, alpha, v, row_bytes, c, ap);
-    for (; c < hd; c += 8) direct_values_at(t, N, 1, pp, alpha, v, row_bytes, c, ap);
+        for (; c + 16 <= hd; c += 16) values_at(t, N, 2, pp, alpha, v, row_bytes, c, ap);
+    for (; c < hd; c += 8) values_at(t, N, 1, pp, alpha, v, row_bytes, c, ap);
 }
 
 /* The AVX2 tile (hd a multiple of 8): scores with the keys row-major, so a tile needs a conversion, not a transpose,
@@ -512,12 +492,13 @@ TGT static void tiled_avx2(int t, int64_t hd, float scale, const float *q, int64
                 al[w] = alpha[i];
             }
             int64_t c = 0;
+            const uint8_t *vt = (const uint8_t *)v;
             for (; c + 32 <= hd; c += 32) switch (N) {
-                case 1: value_block(1, pp, al, v, hd, c, ap); break;
-                case 2: value_block(2, pp, al, v, hd, c, ap); break;
-                default: value_block(3, pp, al, v, hd, c, ap); break;
+                case 1: values_at(TERN_F32, 1, 4, pp, al, vt, (size_t)hd * 4, c, ap); break;
+                case 2: values_at(TERN_F32, 2, 4, pp, al, vt, (size_t)hd * 4, c, ap); break;
+                default: values_at(TERN_F32, 3, 4, pp, al, vt, (size_t)hd * 4, c, ap); break;
                 }
-            for (; c < hd; c += 8) direct_values_at(TERN_F32, N, 1, pp, al, (const uint8_t *)v, (size_t)hd * 4, c, ap);
+            for (; c < hd; c += 8) values_at(TERN_F32, N, 1, pp, al, vt, (size_t)hd * 4, c, ap);
         }
     }
     if (state_out) save_state(hd, nq, acc, m, l, state_out);
