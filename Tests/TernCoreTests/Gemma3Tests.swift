@@ -204,23 +204,28 @@ final class Gemma3Tests: XCTestCase {
 
     // MARK: kernels
 
-    func testGeGLUKernelPathsAgree() throws {
-        var rng = AttentionKernelTests.Random(state: 11)
-        for n in [1, 7, 8, 33, 2048] {
-            let gate = rng.array(n).map { $0 * 6 }, up = rng.array(n)
-            var want = [Double](repeating: 0, count: n)
-            for i in 0..<n {
-                let g = Double(gate[i])
-                want[i] = 0.5 * g * (1 + tanh((2 / Double.pi).squareRoot() * (g + 0.044715 * g * g * g))) * Double(up[i])
-            }
+    /// `kernel(gate, up, n)` (gate = act(gate) · up) on the scalar and AVX2 paths against `act` in Double, over
+    /// random gates of ±`spread` and the tails a vector loop leaves.
+    func assertActivationPathsAgree(seed: UInt64, spread: Float, sizes: [Int], act: (Double) -> Double,
+                                    _ kernel: (UnsafeMutablePointer<Float>, UnsafePointer<Float>, Int64) -> Void) {
+        var rng = AttentionKernelTests.Random(state: seed)
+        for n in sizes {
+            let gate = rng.array(n).map { $0 * spread }, up = rng.array(n)
+            let want = (0..<n).map { act(Double(gate[$0])) * Double(up[$0]) }
             for path in [Int32(TERN_PATH_SCALAR), Int32(TERN_PATH_AVX2)] {
                 tern_force_path(path)
                 var g = gate
-                tern_geglu_tanh(&g, up, Int64(n))
+                kernel(&g, up, Int64(n))
                 for i in 0..<n { XCTAssertEqual(Double(g[i]), want[i], accuracy: 2e-6 * max(1, abs(want[i])), "path \(path), n \(n), i \(i)") }
             }
             tern_force_path(-1)
         }
+    }
+
+    func testGeGLUKernelPathsAgree() throws {
+        assertActivationPathsAgree(seed: 11, spread: 6, sizes: [1, 7, 8, 33, 2048], act: { g in
+            0.5 * g * (1 + tanh((2 / Double.pi).squareRoot() * (g + 0.044715 * g * g * g)))
+        }, tern_geglu_tanh)
         // Extremes stay finite.
         var g: [Float] = [-200, -50, 50, 200], up: [Float] = [1, 1, 1, 1]
         tern_geglu_tanh(&g, &up, 4)
@@ -229,21 +234,7 @@ final class Gemma3Tests: XCTestCase {
 
     /// SwiGLU (the Llama family's activation), both paths against a Double reference, extremes finite.
     func testSwiGLUKernelPathsAgree() throws {
-        var rng = AttentionKernelTests.Random(state: 12)
-        for n in [1, 7, 8, 33, 1536] {
-            let gate = rng.array(n).map { $0 * 12 }, up = rng.array(n)
-            let want = (0..<n).map { i -> Double in
-                let g = Double(gate[i])
-                return g / (1 + exp(-g)) * Double(up[i])
-            }
-            for path in [Int32(TERN_PATH_SCALAR), Int32(TERN_PATH_AVX2)] {
-                tern_force_path(path)
-                var g = gate
-                tern_swiglu(&g, up, Int64(n))
-                for i in 0..<n { XCTAssertEqual(Double(g[i]), want[i], accuracy: 2e-6 * max(1, abs(want[i])), "path \(path), n \(n), i \(i)") }
-            }
-            tern_force_path(-1)
-        }
+        assertActivationPathsAgree(seed: 12, spread: 12, sizes: [1, 7, 8, 33, 1536], act: { g in g / (1 + exp(-g)) }, tern_swiglu)
         for path in [Int32(TERN_PATH_SCALAR), Int32(TERN_PATH_AVX2)] {
             tern_force_path(path)
             var g: [Float] = [-200, -100, -90, 90, 100, 200, 0, 1], up = [Float](repeating: 1, count: 8)
