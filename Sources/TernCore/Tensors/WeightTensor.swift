@@ -83,9 +83,8 @@ public struct WeightTensor: @unchecked Sendable {
         var copy = self
         copy.packed = UnsafeRawPointer(buffer.pointer)
         copy.packedOwner = buffer
-        let probe = UnsafeMutablePointer<Float>.allocate(capacity: columns)
-        defer { probe.deallocate() }
-        copy.rowsFromPacked = tern_dequantize_packed_row(Int32(type.rawValue), buffer.pointer, Int64(columns), 0, probe) == 0
+        // The packing above succeeded, so the layout is valid: the type alone says whether rows can be read back.
+        copy.rowsFromPacked = tern_packed_rows_readable(Int32(type.rawValue)) != 0
         return copy
     }
 
