@@ -341,9 +341,40 @@ static void decode_f16(void) {
     free(x); free(out);
 }
 
+/* Small batches (decoding streams) over one matrix: `batch TYPE ROWS N`, e.g. `batch q8_0 262144 640` for
+   Gemma 3's output projection. Single thread, best of several runs. */
+static void time_batch(const ty *t, int64_t rows, int64_t n) {
+    size_t rb;
+    uint8_t *w = make_weights(t->id, rows, n, &rb);
+    void *pk = make_packed(t->id, w, rb, rows, n);
+    free(w);
+    if (!pk) { printf("%s not packed\n", t->name); return; }
+    const int64_t ms[] = {1, 2, 3, 4, 5, 6, 8, 12, 16};
+    tern_q8_block *a = make_acts(16, n);
+    float *out = malloc(sizeof(float) * 16 * rows);
+    for (int k = 0; k < 9; k++) {
+        int64_t m = ms[k];
+        double flop = 2.0 * rows * n * m, best = 1e30;
+        for (int rep = 0; rep < 5; rep++) {
+            double t0 = now();
+            tern_matmul_packed(t->id, pk, rows, n, a, m, out, rows, 0, rows);
+            double e = now() - t0;
+            if (e < best) best = e;
+        }
+        printf("%-5s rows=%6lld n=%5lld m=%3lld  %9.1f us  %6.1f GF/s  %6.2f us per row\n", t->name, (long long)rows,
+               (long long)n, (long long)m, best * 1e6, flop / best * 1e-9, best * 1e6 / m);
+    }
+    free(pk); free(a); free(out);
+}
+
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "all";
     tern_force_path(TERN_PATH_AVX2);
+    if (!strcmp(mode, "batch") && argc > 4) {
+        for (size_t ti = 0; ti < sizeof TYPES / sizeof TYPES[0]; ti++)
+            if (!strcmp(TYPES[ti].name, argv[2])) time_batch(&TYPES[ti], atoll(argv[3]), atoll(argv[4]));
+        return 0;
+    }
     if (!strcmp(mode, "decode")) { decode_sweep(); return 0; }
     if (!strcmp(mode, "f16check")) {
         const int64_t msmall[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 17, 33, 128}, mbig[] = {1, 2, 5, 17, 128};

@@ -23,7 +23,8 @@
 /* KCP: 32-value blocks per pass when several activation tiles share a panel (KCP x 256..512 B stays in L1) */
 /* MTM: activation rows per tile when m > 2 (5 x (accumulator + int16 sum) + weights fit the 16 ymm registers
    best: measured against 4 and 6) */
-enum { PR = TERN_PACK_ROWS, KCP = 32, MTM = 5 };
+/* Q8S_ROWS: most activation rows of the split Q8_0 path (its stack buffer is Q8S_ROWS x KCP x 64 B) */
+enum { PR = TERN_PACK_ROWS, KCP = 32, MTM = 5, Q8S_ROWS = 16 };
 
 
 /* 8 row values per half (h) of a 16-entry per-row array of halves / bytes */
@@ -117,6 +118,54 @@ INL void tile32(const int type, const int MT, const int NH, const uint8_t *pw, c
     }
     UNROLL for (int h = 0; h < NH; h++) UNROLL for (int t = 0; t < MT; t++)
         acc_store(out + t * ldo + 8 * (h0 + h), nv[h], acc[h][t]);
+}
+
+/* Q8_0 with activations split once per product (q8_split below) instead of weights split per use: x = 16 xh + xl
+   with xl, xh in [-8, 8], so a pair of u * xl or u * xh products (u = q + 128 <= 255) is at most 4080 in size and
+   eight k's sum in int16 without saturating; the weight vector goes to vpmaddubsw as loaded. Per weight vector
+   and activation row that is two vpmaddubsw and two adds, with no nibble masks or shifts (tile32's q8 loop also
+   ran out of registers from 4 rows on and kept the split weights on the stack). The integer block sums equal
+   tile32's, so the float chain and the results are the same bits. */
+typedef struct { int8_t lo[32], hi[32]; } q8_split;
+
+INL void split_q8(const tern_q8_block *a, q8_split *x) {
+    __m256i q = _mm256_loadu_si256((const __m256i *)a->q), eight = _mm256_set1_epi8(8), lo4 = _mm256_set1_epi8(0x0f);
+    __m256i lo = _mm256_sub_epi8(_mm256_and_si256(_mm256_add_epi8(q, eight), lo4), eight); /* wraps harmlessly */
+    /* hi = floor(q / 16) + (bit 3 of q): floor(q / 16) = ((q ^ 0x80) >> 4) - 8 on bytes */
+    __m256i fl = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(_mm256_xor_si256(q, _mm256_set1_epi8((char)0x80)), 4), lo4), eight);
+    __m256i b3 = _mm256_and_si256(_mm256_srli_epi16(q, 3), _mm256_set1_epi8(1));
+    _mm256_store_si256((__m256i *)x->lo, lo);
+    _mm256_store_si256((__m256i *)x->hi, _mm256_add_epi8(fl, b3));
+}
+
+INL void tile8(const int MT, const uint8_t *pw, const uint8_t *ps, int h0, int nbk, const q8_split *x, int64_t xstride,
+               const tern_q8_block *a, int64_t astride, float *out, int64_t ldo, const int *nv, int first, int pf) {
+    const __m256i one = _mm256_set1_epi16(1), sixteen = _mm256_set1_epi16(16);
+    __m256 acc[MTM];
+    UNROLL for (int t = 0; t < MT; t++) acc[t] = first ? _mm256_setzero_ps() : acc_load(out + t * ldo + 8 * h0, nv[0]);
+    for (int b = 0; b < nbk; b++) {
+        const uint8_t *bw = pw + (size_t)b * 512;
+        if (pf) for (int k = 0; k < 8; k++) _mm_prefetch((const char *)(bw + PFD + 64 * k), _MM_HINT_T0);
+        __m256i sl[MTM], sh[MTM];
+        UNROLL for (int k = 0; k < 8; k++) {
+            __m256i v = _mm256_load_si256((const __m256i *)(bw + 64 * k + 32 * h0));
+            UNROLL for (int t = 0; t < MT; t++) {
+                const q8_split *xb = x + t * xstride + b;
+                __m256i pl = _mm256_maddubs_epi16(v, _mm256_set1_epi32((int)tern_rd32((const uint8_t *)xb->lo + 4 * k)));
+                __m256i ph = _mm256_maddubs_epi16(v, _mm256_set1_epi32((int)tern_rd32((const uint8_t *)xb->hi + 4 * k)));
+                sl[t] = k ? _mm256_add_epi16(sl[t], pl) : pl;
+                sh[t] = k ? _mm256_add_epi16(sh[t], ph) : ph;
+            }
+        }
+        __m256 d = halves8(ps + (size_t)b * 32, h0), o = _mm256_mul_ps(d, _mm256_set1_ps(-128.0f));
+        UNROLL for (int t = 0; t < MT; t++) {
+            const tern_q8_block *ab = a + t * astride + b;
+            __m256i s = _mm256_add_epi32(_mm256_madd_epi16(sl[t], one), _mm256_madd_epi16(sh[t], sixteen));
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(d, _mm256_set1_ps(ab->d)), acc[t]);
+            acc[t] = _mm256_fmadd_ps(o, _mm256_set1_ps(ab->s), acc[t]);
+        }
+    }
+    UNROLL for (int t = 0; t < MT; t++) acc_store(out + t * ldo + 8 * h0, nv[0], acc[t]);
 }
 
 /* Q4_K: as tile32 per sub-block j (one nibble of pair j / 2's 8 vectors), d' = d * scale_j, o = -dmin * min_j.
@@ -238,6 +287,13 @@ typedef void (*tilefn)(const uint8_t *, const uint8_t *, int, int, const tern_q8
         GEN(NAME, ARG, 1, 5) GEN(NAME, ARG, 2, 1) GEN(NAME, ARG, 2, 2) \
         static const tilefn NAME[2][MTM] = {{NAME##_1_1, NAME##_1_2, NAME##_1_3, NAME##_1_4, NAME##_1_5}, \
                                             {NAME##_2_1, NAME##_2_2, NULL, NULL, NULL}};
+typedef void (*tile8fn)(const uint8_t *, const uint8_t *, int, int, const q8_split *, int64_t, const tern_q8_block *,
+                        int64_t, float *, int64_t, const int *, int, int);
+#define T8(MT) TGT static void t_q8s_##MT(const uint8_t *pw, const uint8_t *ps, int h0, int nbk, const q8_split *x, \
+        int64_t xs, const tern_q8_block *a, int64_t as, float *out, int64_t ldo, const int *nv, int first, int pf) { \
+        tile8(MT, pw, ps, h0, nbk, x, xs, a, as, out, ldo, nv, first, pf); }
+T8(1) T8(2) T8(3) T8(4) T8(5)
+static const tile8fn t_q8s[MTM] = {t_q8s_1, t_q8s_2, t_q8s_3, t_q8s_4, t_q8s_5};
 SET(t_q4_0, T32, TERN_Q4_0)
 SET(t_q4_1, T32, TERN_Q4_1)
 SET(t_q8_0, T32, TERN_Q8_0)
@@ -266,6 +322,33 @@ TGT int tern_avx2_matmul_packed(int type, const void *packed, int64_t rows, int6
     tern_packed_block_geometry(type, &wb, &sb);
     const int64_t nab = n / TERN_QK;
     (void)rows;
+    /* Q8_0 against a few activation rows (decoding streams): the rows' chunk of KCP blocks is split once
+       (q8_split) and meets every panel's chunk in turn. With n <= 32 KCP, as in Gemma 3's 262k-row output
+       projection, that is one chunk and the panels stream in order; longer rows revisit the panels once per
+       chunk, so the linear look-ahead would fetch the wrong lines and is left to the hardware. */
+    if (type == TERN_Q8_0 && m > 2 && m <= Q8S_ROWS) {
+        q8_split xs[Q8S_ROWS * KCP] __attribute__((aligned(32)));
+        const int64_t nt = (m + MTM - 1) / MTM;
+        for (int64_t kb = 0; kb < nab; kb += KCP) {
+            const int nbk = nab - kb < KCP ? (int)(nab - kb) : KCP;
+            for (int64_t i = 0; i < m; i++)
+                for (int b = 0; b < nbk; b++) split_q8(a + i * nab + kb + b, xs + i * nbk + b);
+            for (int64_t p0 = r0; p0 < r1; p0 += PR) {
+                const int nr = r1 - p0 < PR ? (int)(r1 - p0) : PR;
+                const int nv[2] = {nr < 8 ? nr : 8, nr - 8};
+                const uint8_t *cw = (const uint8_t *)packed + (size_t)(p0 / PR) * pb + (size_t)kb * wb;
+                const uint8_t *cs = (const uint8_t *)packed + (size_t)(p0 / PR) * pb + so + (size_t)kb * sb;
+                for (int64_t ti = 0, i = 0; ti < nt; ti++) {
+                    const int mt = (int)((m - i) / (nt - ti));
+                    for (int h = 0; h < (nr > 8 ? 2 : 1); h++)
+                        t_q8s[mt - 1](cw, cs, h, nbk, xs + i * nbk, nbk, a + i * nab + kb, nab, out + p0 + i * ldo, ldo,
+                                      nv + h, kb == 0, nab <= KCP && i == 0 && h == 0);
+                    i += mt;
+                }
+            }
+        }
+        return 1;
+    }
     for (int64_t p0 = r0; p0 < r1; p0 += PR) {
         const int nr = r1 - p0 < PR ? (int)(r1 - p0) : PR;
         const int nv[2] = {nr < 8 ? nr : 8, nr - 8};
