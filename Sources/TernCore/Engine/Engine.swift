@@ -37,6 +37,8 @@ public final class Engine: @unchecked Sendable {
     private var local = EngineMetrics()
     /// Seconds per step as measured, for sizing prefill chunks under the decoding step target.
     private var stepTime = StepTimeEstimate()
+    /// The most rows a pass has written into the workspace since its pages were last given back.
+    private var workspaceRowsTouched = 0
     /// Drafting policy and statistics; nil when speculation is off or the model cannot roll back (Mamba).
     private let speculator: SpeculativeDecoder?
     /// Signalled when the loop has returned (stop joins on it).
@@ -329,6 +331,13 @@ public final class Engine: @unchecked Sendable {
             return
         }
         scheduler.didCompute(plan)
+        // Prompt chunks leave the workspace's prompt-sized rows resident; once no prompt can run until a sequence
+        // ends (always so for `tern generate`'s single seat), they sit idle for the whole generation.
+        workspaceRowsTouched = max(workspaceRowsTouched, plan.tokenCount)
+        if workspaceRowsTouched > 32, scheduler.promptWorkBlocked {
+            workspace.releaseIdlePages()
+            workspaceRowsTouched = 0
+        }
         let attention = workspace.attentionStats
         let forwardSeconds = Double(DispatchTime.now().uptimeNanoseconds - forwardStart) / 1e9
         if let spec = speculator { spec.observeStep(tokens: plan.tokenCount, seconds: forwardSeconds) }

@@ -98,6 +98,12 @@ final class Scheduler {
 
     var isIdle: Bool { waiting.isEmpty && running.isEmpty && preempted.isEmpty }
 
+    /// No prompt token can be scheduled until a sequence ends: every seat is taken, every running sequence is
+    /// past its prompt, and none waits preempted (it would recompute its prompt).
+    var promptWorkBlocked: Bool {
+        running.count >= limits.maxRunning && preempted.isEmpty && running.allSatisfy { $0.finished || $0.promptDone }
+    }
+
     /// The cost budget of a step that carries decoding sequences (nil: the token budget's); set by the engine
     /// before each step from its latency target.
     var decodingCostLimit: Double?

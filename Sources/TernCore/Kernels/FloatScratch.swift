@@ -4,7 +4,7 @@
 import Foundation
 
 final class FloatScratch {
-    private var owned: [UnsafeMutablePointer<Float>] = []
+    private var owned: [(start: UnsafeMutablePointer<Float>, count: Int)] = []
 
     /// Zeroed floats from calloc: a large buffer comes as fresh zero pages that become resident only when a
     /// pass writes them, so a workspace sized for 256-token prefill chunks costs little while only decoding (or
@@ -14,11 +14,23 @@ final class FloatScratch {
             fatalError("out of memory for a \(n)-float workspace buffer")
         }
         let p = raw.bindMemory(to: Float.self, capacity: max(1, n))
-        owned.append(p)
+        owned.append((p, max(1, n)))
         return p
     }
 
-    deinit { for b in owned { free(b) } }
+    /// Gives the whole pages inside every buffer back to the system, so a workspace whose prompt-sized rows sit
+    /// idle stops holding them; the next pass that writes a page gets a fresh zero page. Only for buffers whose
+    /// contents do not outlive a pass (a workspace's are all scratch).
+    func releasePages() {
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        for b in owned {
+            let lo = (Int(bitPattern: b.start) + page - 1) / page * page
+            let hi = (Int(bitPattern: b.start + b.count)) / page * page
+            if hi > lo { _ = madvise(UnsafeMutableRawPointer(bitPattern: lo), hi - lo, Int32(MADV_DONTNEED)) }
+        }
+    }
+
+    deinit { for b in owned { free(b.start) } }
 }
 
 extension VectorOps {

@@ -45,6 +45,9 @@ public protocol ModelWorkspace: AnyObject {
     var relayEnabled: Bool { get set }
     /// What the attention of the last forward pass did.
     var attentionStats: AttentionStats { get }
+    /// Gives the pages of the per-pass buffers back to the system (a prompt chunk made them resident; decode
+    /// steps need only their first rows). The next pass refaults what it writes.
+    func releaseIdlePages()
 }
 
 public protocol LanguageModel: AnyObject, Sendable {

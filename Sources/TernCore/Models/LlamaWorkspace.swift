@@ -104,6 +104,8 @@ public final class LlamaWorkspace: ModelWorkspace {
         logits.deallocate()
     }
 
+    public func releaseIdlePages() { scratch.releasePages() }
+
     func ensureLogitRows(_ n: Int) {
         guard n > logitRowCapacity else { return }
         logits.deallocate()

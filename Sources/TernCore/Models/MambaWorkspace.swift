@@ -129,6 +129,8 @@ public final class MambaWorkspace: ModelWorkspace {
         itemSSM.deallocate()
     }
 
+    public func releaseIdlePages() { scratch.releasePages() }
+
     func ensureLogitRows(_ n: Int) {
         guard n > logitRowCapacity else { return }
         logits.deallocate()
