@@ -640,6 +640,42 @@ final class KernelTests: XCTestCase {
         }
     }
 
+    /// Greedy sampling's argmax on every path against the plain loop: the first index of the largest value, NaN
+    /// never chosen, ties (also +0 against -0) to the first, 0 when nothing exceeds -inf; lengths around the
+    /// vector widths and a Gemma-sized row.
+    func testArgmaxMatchesPlainLoop() {
+        func reference(_ x: [Float]) -> Int {
+            var best = 0, value = -Float.infinity
+            for (i, v) in x.enumerated() where v > value { value = v; best = i }
+            return best
+        }
+        var rng = Rng(state: 29)
+        var rows: [[Float]] = []
+        for n in [0, 1, 7, 8, 9, 31, 32, 33, 100, 1000, 262_144] {
+            var x = (0..<n).map { _ in rng.float() * 8 }
+            rows.append(x)
+            guard n > 2 else { continue }
+            let i = Int(rng.next() % UInt64(n)), j = Int(rng.next() % UInt64(n))
+            x[i] = 9; x[j] = 9  // a tie, in either order
+            rows.append(x)
+            x[min(i, j)] = .nan; x[n - 1] = .nan  // NaN beside and at the maximum
+            rows.append(x)
+            rows.append(x.map { _ in -Float.infinity })
+            rows.append(x.map { _ in Float.nan })
+            var z = x.map { _ in -Float.infinity }
+            z[n / 2] = -0.0; z[n - 1] = 0.0
+            rows.append(z)
+            z[n / 3] = .infinity
+            rows.append(z)
+        }
+        for path in Self.paths {
+            tern_force_path(path)
+            for x in rows {
+                XCTAssertEqual(Int(tern_argmax_f32(x, Int64(x.count))), reference(x), "path \(path) n=\(x.count)")
+            }
+        }
+    }
+
     func testTypeTableAndDispatch() {
         let expected: [(Int32, Int64, Int64)] = [
             (Int32(TERN_F32), 1, 4), (Int32(TERN_F16), 1, 2), (Int32(TERN_Q4_0), 32, 18), (Int32(TERN_Q4_1), 32, 20),

@@ -84,6 +84,9 @@ void  tern_axpy_f16(float alpha, const uint16_t *x, float *y, int64_t n);
 void  tern_f32_to_f16(const float *x, uint16_t *y, int64_t n);                    /* round to nearest even */
 void  tern_f16_to_f32(const uint16_t *x, float *y, int64_t n);
 
+/* The first index of the largest of x[0, n) (greedy sampling); NaN never wins; 0 when no value exceeds -inf. */
+int64_t tern_argmax_f32(const float *x, int64_t n);
+
 /* gate[i] = gelu_tanh(gate[i]) * up[i] (GeGLU with GELU's tanh approximation, as Gemma uses). */
 void  tern_geglu_tanh(float *gate, const float *up, int64_t n);
 /* gate[i] = silu(gate[i]) * up[i] (SwiGLU). */

@@ -7,6 +7,7 @@
 // draft that samples, which Tern does not have yet. Seeded runs are reproducible: the random stream is Tern's own xoshiro256**, so the same
 // seed and inputs give the same tokens on every machine.
 
+import CKernels
 import Foundation
 
 public struct SamplingParameters: Sendable, Equatable {
@@ -257,14 +258,9 @@ public struct Sampler {
         return draw(from: distribution(processedLogits: logits, count: n))
     }
 
+    /// The first index of the largest logit (NaN never wins; 0 when none exceeds -inf).
     public static func argmax(_ logits: UnsafePointer<Float>, _ n: Int) -> Int32 {
-        var best = 0
-        var bestValue = -Float.infinity
-        for i in 0..<n where logits[i] > bestValue {
-            bestValue = logits[i]
-            best = i
-        }
-        return Int32(best)
+        Int32(tern_argmax_f32(logits, Int64(n)))
     }
 }
 
