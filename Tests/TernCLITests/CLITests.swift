@@ -101,6 +101,27 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(bad.stderr.contains("--ubatch"), bad.stderr)
     }
 
+    /// `tern bench` on paged KV blocks for a model with sliding-window layers (two cache groups): f16 and f32
+    /// run (policy none asked nothing of the layout, yet once stopped on an eviction precondition); q8_0 with
+    /// this fixture's 48-wide heads and an eviction policy are refused naming their option.
+    func testBenchPagedCacheOnSlidingWindowModel() throws {
+        let gemma = TestPaths.fixture("gemma3/gemma3-q8_0.gguf")
+        for kv in ["f16", "f32"] {
+            let r = try tern(["bench", "--model", gemma, "--prompt-tokens", "8", "--gen-tokens", "4", "--batch", "2",
+                              "--depth", "20", "--repetitions", "1", "--threads", "1", "--kv-type", kv, "--json"])
+            XCTAssertEqual(r.status, 0, "\(kv): \(r.stderr)")
+            let line = try XCTUnwrap(r.stdout.split(separator: "\n").last)
+            let object = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+            XCTAssertGreaterThan(object["tg_tokens_per_s"] as? Double ?? 0, 0, String(line))
+        }
+        let q8 = try tern(["bench", "--model", gemma, "--kv-type", "q8_0", "--repetitions", "1"])
+        XCTAssertNotEqual(q8.status, 0, q8.stderr)
+        XCTAssertTrue(q8.stderr.contains("--kv-type q8_0") && q8.stderr.contains("48"), q8.stderr)
+        let evicting = try tern(["bench", "--model", gemma, "--kv-type", "f16", "--kv-policy", "alisa", "--repetitions", "1"])
+        XCTAssertNotEqual(evicting.status, 0, evicting.stderr)
+        XCTAssertTrue(evicting.stderr.contains("--kv-policy"), evicting.stderr)
+    }
+
     /// Speculation flags: bad values name their option (or variable); a draft model with another vocabulary
     /// fails naming its file; greedy output is the same with and without speculation.
     func testSpeculationFlags() throws {

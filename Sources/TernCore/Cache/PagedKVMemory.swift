@@ -326,6 +326,8 @@ public final class PagedKVMemory: KVMemory {
     /// will never hold more than the budget (`longest`: its most positions, the capacity by default) neither
     /// evicts nor scores, so it computes exactly what it would without a policy.
     public func enableEviction(_ settings: EvictionSettings, kvHeads: Int, headDim: Int, longest: Int? = nil) {
+        // Policy none asks nothing of the layout (`tern bench --kv-type f16` on Gemma 3 stopped here).
+        guard settings.isActive else { eviction = nil; return }
         precondition(count == 0 && tables.count == 1, "eviction needs an empty memory with one cache group")
         precondition(kvHeads * headDim == rowWidth)
         let needed = settings.isActive && min(longest ?? capacity, capacity) > settings.budget
