@@ -222,7 +222,7 @@ enum Attention {
                 // Threads claim tasks in order from one counter: tasks differ in cost (depth, split parts, relay
                 // passes), and a fixed share per thread left one waiting at the end of the layer.
                 let next = Atomic<Int>(0)
-                ws.pool.run { tid in
+                func claimTasks(_ tid: Int) {
                     let work = ws.attentionWork + tid * ws.attentionWorkStride
                     let lse = ws.lse + tid * ws.lseStride
                     while true {
@@ -256,6 +256,8 @@ enum Attention {
                                         toPart ? ws.partialLse + task.part * AttentionPlan.rowTile * group : lse)
                     }
                 }
+                // One task (one sequence decoding in a short context) is not worth waking the other threads for.
+                if tasks.count > 1 { ws.pool.run(claimTasks) } else { claimTasks(0) }
             }
             runAll(tasks)
             // Relay members' own positions continue from the shared passes' states, so they run after them.

@@ -275,8 +275,9 @@ public final class LlamaModel: LanguageModel {
             if quantizesActivations { qa.quantize(xn, rows: m, columns: dim, pool: pool) }
             ws.activationStatistics?.add(xn, rows: m, columns: dim, layer: li, input: .feedForward)
             Linear.applyMany([(layer.gate, gate), (layer.up, up)], input: xn, rows: m, quantized: qa, pool: pool)
-            // Split across the pool: run on one thread, a prompt pass's SwiGLU left the other idle (2% of pp4096).
-            pool.parallelFor(m * cfg.feedForwardLength, granule: 1024) { r in
+            // Split across the pool: run on one thread, a prompt pass's SwiGLU left the other idle (2% of pp4096);
+            // a decoding row's few thousand values are not worth waking the other threads for.
+            pool.parallelFor(m * cfg.feedForwardLength, granule: 4096) { r in
                 switch cfg.activation {
                 case .silu: VectorOps.swiglu(gate: gate + r.lowerBound, up: up + r.lowerBound, count: r.count)
                 case .geluTanh: tern_geglu_tanh(gate + r.lowerBound, up + r.lowerBound, Int64(r.count))
