@@ -330,7 +330,7 @@ public final class PagedKVMemory: KVMemory {
         guard settings.isActive else { eviction = nil; return }
         precondition(count == 0 && tables.count == 1, "eviction needs an empty memory with one cache group")
         precondition(kvHeads * headDim == rowWidth)
-        let needed = settings.isActive && min(longest ?? capacity, capacity) > settings.budget
+        let needed = min(longest ?? capacity, capacity) > settings.budget
         eviction = needed ? KVEvictionState(settings: settings, layers: layerCount, kvHeads: kvHeads, headDim: headDim) : nil
     }
 

@@ -1,4 +1,5 @@
-// Float buffers of a forward pass's workspace, zeroed once at creation and freed together.
+// Float buffers of a forward pass's workspace, zeroed once at creation, their pages given back on request
+// (`releasePages`), and freed together.
 // Owned by the workspace (one thread at a time).
 
 import Foundation
