@@ -23,12 +23,7 @@ final class FloatScratch {
     /// idle stops holding them; the next pass that writes a page gets a fresh zero page. Only for buffers whose
     /// contents do not outlive a pass (a workspace's are all scratch).
     func releasePages() {
-        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
-        for b in owned {
-            let lo = (Int(bitPattern: b.start) + page - 1) / page * page
-            let hi = (Int(bitPattern: b.start + b.count)) / page * page
-            if hi > lo { _ = madvise(UnsafeMutableRawPointer(bitPattern: lo), hi - lo, Int32(MADV_DONTNEED)) }
-        }
+        for b in owned { WeightTensor.releasePages(b.start, b.count * MemoryLayout<Float>.stride) }
     }
 
     deinit { for b in owned { free(b.start) } }

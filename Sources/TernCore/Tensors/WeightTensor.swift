@@ -88,7 +88,8 @@ public struct WeightTensor: @unchecked Sendable {
         return copy
     }
 
-    /// Drops the pages of a mapped range from this process's resident memory (clean, file-backed: free to drop).
+    /// Drops the whole pages inside a range from this process's resident memory: a file's clean mapped pages come
+    /// back from the file when read again, anonymous ones (workspace scratch) as zeros.
     static func releasePages(_ p: UnsafeRawPointer, _ count: Int) {
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
         let start = (Int(bitPattern: p) + page - 1) / page * page
