@@ -138,15 +138,16 @@ int tern_pack_weights(int type, const void *w, size_t row_bytes, int64_t rows, i
     return tern_pack_weights_range(type, w, row_bytes, rows, n, packed, 0, rows);
 }
 
-/* Row `row` of a packed matrix as floats, for the 32-value types: each block's original bytes are put back
-   together from the panel (the exact inverse of pack_row) and dequantized as tern_dequantize_row would, so the
-   values are the stored row's bits. Lets tied embeddings look rows up in the packed copy, whose file pages were
-   given back after packing, instead of faulting the mapped file back in (a page fault maps its neighbours too). */
+/* The packed types whose rows tern_dequantize_packed_row puts back: the 32-value ones. */
 int tern_packed_rows_readable(int type) {
     size_t wb, sb;
     return !is_k(type) && type != TERN_Q6_K && tern_packed_block_geometry(type, &wb, &sb);
 }
 
+/* Row `row` of a packed matrix as floats, for the 32-value types: each block's original bytes are put back
+   together from the panel (the exact inverse of pack_row) and dequantized as tern_dequantize_row would, so the
+   values are the stored row's bits. Lets tied embeddings look rows up in the packed copy, whose file pages were
+   given back after packing, instead of faulting the mapped file back in (a page fault maps its neighbours too). */
 int tern_dequantize_packed_row(int type, const void *packed, int64_t n, int64_t row, float *dst) {
     size_t wb, sb, so = 0, pb = tern_packed_panel_bytes(type, n, &so);
     if (!pb || row < 0 || !tern_packed_rows_readable(type) || !tern_packed_block_geometry(type, &wb, &sb)) return -1;
