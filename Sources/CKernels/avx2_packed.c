@@ -168,6 +168,54 @@ INL void tile8(const int MT, const uint8_t *pw, const uint8_t *ps, int h0, int n
     UNROLL for (int t = 0; t < MT; t++) acc_store(out + t * ldo + 8 * h0, nv[0], acc[t]);
 }
 
+/* Q5_0 with the weights expanded once per panel chunk instead of once per activation tile: the nibbles with
+   their fifth bits or'ed in (tile32's q5 preparation: a mask, a shift, two bit expansions of five operations
+   each) go to an L1 buffer, x[half][block][k][l, u], that every tile of a prompt pass or a batched step then
+   loads as it is. The vectors, the integer sums and the float chain are tile32's, so the results are the same
+   bits; only the preparation is shared by all tiles of the chunk. */
+INL void expand_q5(const uint8_t *pw, int nbk, __m256i *x, int pf) {
+    const __m256i lo4 = _mm256_set1_epi8(0x0f);
+    for (int b = 0; b < nbk; b++) {
+        const uint8_t *bw = pw + (size_t)b * 320;
+        if (pf) for (int k = 0; k < 5; k++) _mm_prefetch((const char *)(bw + PFD + 64 * k), _MM_HINT_T0);
+        UNROLL for (int h = 0; h < 2; h++) UNROLL for (int k = 0; k < 4; k++) {
+            __m256i v = _mm256_load_si256((const __m256i *)(bw + 64 * k + 32 * h));
+            __m256i *d = x + ((size_t)(h * nbk + b) * 4 + k) * 2;
+            _mm256_store_si256(d, _mm256_or_si256(_mm256_and_si256(v, lo4), bits16(bw + 256 + 8 * k + 4 * h)));
+            _mm256_store_si256(d + 1, _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), lo4),
+                                                      bits16(bw + 256 + 8 * (k + 4) + 4 * h)));
+        }
+    }
+}
+
+INL void tile5x(const int MT, const __m256i *x, const uint8_t *ps, int h0, int nbk, const tern_q8_block *a,
+                int64_t astride, float *out, int64_t ldo, const int *nv, int first) {
+    const __m256i one = _mm256_set1_epi16(1);
+    __m256 acc[MTM];
+    UNROLL for (int t = 0; t < MT; t++) acc[t] = first ? _mm256_setzero_ps() : acc_load(out + t * ldo + 8 * h0, nv[0]);
+    const __m256i *xh = x + (size_t)h0 * nbk * 8;
+    for (int b = 0; b < nbk; b++) {
+        __m256i s[MTM], s16[MTM];
+        UNROLL for (int k = 0; k < 4; k++) {
+            const __m256i l = _mm256_load_si256(xh + (size_t)b * 8 + 2 * k), u = _mm256_load_si256(xh + (size_t)b * 8 + 2 * k + 1);
+            UNROLL for (int t = 0; t < MT; t++) {
+                const tern_q8_block *ab = a + t * astride + b;
+                __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(l, bcast(ab, k)), _mm256_maddubs_epi16(u, bcast(ab, k + 4)));
+                s16[t] = k % 2 ? _mm256_add_epi16(s16[t], p) : p;
+                if (k == 1) s[t] = _mm256_madd_epi16(s16[t], one);
+                if (k == 3) s[t] = _mm256_add_epi32(s[t], _mm256_madd_epi16(s16[t], one));
+            }
+        }
+        __m256 d = halves8(ps + (size_t)b * 32, h0), o = _mm256_mul_ps(d, _mm256_set1_ps(-16.0f));
+        UNROLL for (int t = 0; t < MT; t++) {
+            const tern_q8_block *ab = a + t * astride + b;
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[t]), _mm256_mul_ps(d, _mm256_set1_ps(ab->d)), acc[t]);
+            acc[t] = _mm256_fmadd_ps(o, _mm256_set1_ps(ab->s), acc[t]);
+        }
+    }
+    UNROLL for (int t = 0; t < MT; t++) acc_store(out + t * ldo + 8 * h0, nv[0], acc[t]);
+}
+
 /* Q4_K: as tile32 per sub-block j (one nibble of pair j / 2's 8 vectors), d' = d * scale_j, o = -dmin * min_j.
    nbk counts 32-value blocks (a multiple of 8). */
 INL void tilek(const int type, const int MT, const int NH, const uint8_t *pw, const uint8_t *ps, int h0, int nbk,
@@ -294,6 +342,12 @@ typedef void (*tile8fn)(const uint8_t *, const uint8_t *, int, int, const q8_spl
         tile8(MT, pw, ps, h0, nbk, x, xs, a, as, out, ldo, nv, first, pf); }
 T8(1) T8(2) T8(3) T8(4) T8(5)
 static const tile8fn t_q8s[MTM] = {t_q8s_1, t_q8s_2, t_q8s_3, t_q8s_4, t_q8s_5};
+typedef void (*tile5fn)(const __m256i *, const uint8_t *, int, int, const tern_q8_block *, int64_t, float *, int64_t,
+                        const int *, int);
+#define T5(MT) TGT static void t_q5x_##MT(const __m256i *x, const uint8_t *ps, int h0, int nbk, const tern_q8_block *a, \
+        int64_t as, float *out, int64_t ldo, const int *nv, int first) { tile5x(MT, x, ps, h0, nbk, a, as, out, ldo, nv, first); }
+T5(1) T5(2) T5(3) T5(4) T5(5)
+static const tile5fn t_q5x[MTM] = {t_q5x_1, t_q5x_2, t_q5x_3, t_q5x_4, t_q5x_5};
 SET(t_q4_0, T32, TERN_Q4_0)
 SET(t_q4_1, T32, TERN_Q4_1)
 SET(t_q8_0, T32, TERN_Q8_0)
@@ -358,6 +412,23 @@ TGT int tern_avx2_matmul_packed(int type, const void *packed, int64_t rows, int6
                          chains and each packed byte is read once */
             if (nr > 8) fns[1][m - 1](pw, ps, 0, (int)nab, a, nab, o, ldo, nv, 1, 1);
             else fns[0][m - 1](pw, ps, 0, (int)nab, a, nab, o, ldo, nv, 1, 1);
+            continue;
+        }
+        /* Q5_0 with more than one tile: expand the chunk once for all tiles (expand_q5) */
+        if (type == TERN_Q5_0 && m > MTM) {
+            __m256i xq[2 * KCP * 8] __attribute__((aligned(32)));
+            const int64_t nt = (m + MTM - 1) / MTM;
+            for (int64_t kb = 0; kb < nab; kb += KCP) {
+                const int nbk = nab - kb < KCP ? (int)(nab - kb) : KCP;
+                const uint8_t *cw = pw + (size_t)kb * wb;
+                expand_q5(cw, nbk, xq, nab <= KCP);
+                for (int64_t ti = 0, i = 0; ti < nt; ti++) {
+                    const int mt = (int)((m - i) / (nt - ti));
+                    for (int h = 0; h < (nr > 8 ? 2 : 1); h++)
+                        t_q5x[mt - 1](xq, ps + (size_t)kb * sb, h, nbk, a + i * nab + kb, nab, o + i * ldo, ldo, nv + h, kb == 0);
+                    i += mt;
+                }
+            }
             continue;
         }
         /* a chunk of the panel meets every tile of activation rows while it sits in L1; each tile's activation
