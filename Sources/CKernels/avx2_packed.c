@@ -320,6 +320,61 @@ INL void tile6(const int MT, const int NH, const uint8_t *pw, const uint8_t *ps,
         acc_store(out + t * ldo + 8 * (h0 + h), nv[h], acc[h][t]);
 }
 
+/* Q6_K with more than one activation tile: as expand_q5 / tile5x, the signed 6-bit values u - 32 of a chunk are
+   made once (tile6's per-tile preparation: two loads, eleven shifts, masks and ors, two subtractions) into
+   x[half][block][k][low 16 values, high 16 values]; the tiles take their absolute values and signs as tile6 does,
+   so the products, the integer sums and the float chain are tile6's. */
+INL void expand_q6(const uint8_t *pw, int nbk, __m256i *x, int pf) {
+    const __m256i lo4 = _mm256_set1_epi8(0x0f), m3 = _mm256_set1_epi8(3), mc = _mm256_set1_epi8(0x0c), b32 = _mm256_set1_epi8(32);
+    for (int b = 0; b < nbk; b++) {
+        const uint8_t *bw = pw + (size_t)b * 384;
+        if (pf) for (int k = 0; k < 6; k++) _mm_prefetch((const char *)(bw + PFD + 64 * k), _MM_HINT_T0);
+        UNROLL for (int h = 0; h < 2; h++) UNROLL for (int k = 0; k < 4; k++) {
+            __m256i H = _mm256_load_si256((const __m256i *)(bw + 256 + 64 * (k / 2) + 32 * h));
+            if (k & 1) H = _mm256_srli_epi16(H, 4);
+            const __m256i v = _mm256_load_si256((const __m256i *)(bw + 64 * k + 32 * h));
+            __m256i *d = x + ((size_t)(h * nbk + b) * 4 + k) * 2;
+            _mm256_store_si256(d, _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(v, lo4),
+                                                                  _mm256_slli_epi16(_mm256_and_si256(H, m3), 4)), b32));
+            _mm256_store_si256(d + 1, _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), lo4),
+                                                                      _mm256_slli_epi16(_mm256_and_si256(H, mc), 2)), b32));
+        }
+    }
+}
+
+INL void tile6x(const int MT, const __m256i *x, const uint8_t *ps, int h0, int nbk, const tern_q8_block *a,
+                int64_t astride, float *out, int64_t ldo, const int *nv, int first) {
+    const __m256i one = _mm256_set1_epi16(1);
+    __m256 acc[MTM];
+    UNROLL for (int t = 0; t < MT; t++) acc[t] = first ? _mm256_setzero_ps() : acc_load(out + t * ldo + 8 * h0, nv[0]);
+    const __m256i *xh = x + (size_t)h0 * nbk * 8;
+    for (int b = 0; b < nbk; b++) {
+        const uint8_t *bs = ps + (size_t)(b / 8) * 288;
+        const int jb = b % 8;
+        __m256i i0[MTM], i1[MTM];
+        UNROLL for (int k = 0; k < 4; k++) {
+            const __m256i l = _mm256_load_si256(xh + (size_t)b * 8 + 2 * k), u = _mm256_load_si256(xh + (size_t)b * 8 + 2 * k + 1);
+            const __m256i al = _mm256_sign_epi8(l, l), au = _mm256_sign_epi8(u, u);
+            UNROLL for (int t = 0; t < MT; t++) {
+                const tern_q8_block *ab = a + t * astride + b;
+                __m256i x0 = _mm256_maddubs_epi16(al, _mm256_sign_epi8(bcast(ab, k), l));
+                __m256i x1 = _mm256_maddubs_epi16(au, _mm256_sign_epi8(bcast(ab, k + 4), u));
+                i0[t] = k ? _mm256_add_epi16(i0[t], x0) : x0;
+                i1[t] = k ? _mm256_add_epi16(i1[t], x1) : x1;
+            }
+        }
+        __m256 d = halves8(bs, h0);
+        __m256 d0 = _mm256_mul_ps(d, s8x8(bs + 32 + 32 * jb + 8 * h0)), d1 = _mm256_mul_ps(d, s8x8(bs + 48 + 32 * jb + 8 * h0));
+        UNROLL for (int t = 0; t < MT; t++) {
+            __m256 f0 = _mm256_cvtepi32_ps(_mm256_madd_epi16(i0[t], one));
+            __m256 f1 = _mm256_cvtepi32_ps(_mm256_madd_epi16(i1[t], one));
+            __m256 f = _mm256_fmadd_ps(f0, d0, _mm256_mul_ps(f1, d1));
+            acc[t] = _mm256_fmadd_ps(f, _mm256_set1_ps((a + t * astride + b)->d), acc[t]);
+        }
+    }
+    UNROLL for (int t = 0; t < MT; t++) acc_store(out + t * ldo + 8 * h0, nv[0], acc[t]);
+}
+
 typedef void (*tilefn)(const uint8_t *, const uint8_t *, int, int, const tern_q8_block *, int64_t, float *, int64_t,
                        const int *, int, int);
 #define T32(NAME, TYPE, NH, MT) TGT static void NAME##_##NH##_##MT(const uint8_t *pw, const uint8_t *ps, int h0, \
@@ -348,6 +403,10 @@ typedef void (*tile5fn)(const __m256i *, const uint8_t *, int, int, const tern_q
         int64_t as, float *out, int64_t ldo, const int *nv, int first) { tile5x(MT, x, ps, h0, nbk, a, as, out, ldo, nv, first); }
 T5(1) T5(2) T5(3) T5(4) T5(5)
 static const tile5fn t_q5x[MTM] = {t_q5x_1, t_q5x_2, t_q5x_3, t_q5x_4, t_q5x_5};
+#define T6X(MT) TGT static void t_q6x_##MT(const __m256i *x, const uint8_t *ps, int h0, int nbk, const tern_q8_block *a, \
+        int64_t as, float *out, int64_t ldo, const int *nv, int first) { tile6x(MT, x, ps, h0, nbk, a, as, out, ldo, nv, first); }
+T6X(1) T6X(2) T6X(3) T6X(4) T6X(5)
+static const tile5fn t_q6x[MTM] = {t_q6x_1, t_q6x_2, t_q6x_3, t_q6x_4, t_q6x_5};
 SET(t_q4_0, T32, TERN_Q4_0)
 SET(t_q4_1, T32, TERN_Q4_1)
 SET(t_q8_0, T32, TERN_Q8_0)
@@ -414,18 +473,20 @@ TGT int tern_avx2_matmul_packed(int type, const void *packed, int64_t rows, int6
             else fns[0][m - 1](pw, ps, 0, (int)nab, a, nab, o, ldo, nv, 1, 1);
             continue;
         }
-        /* Q5_0 with more than one tile: expand the chunk once for all tiles (expand_q5) */
-        if (type == TERN_Q5_0 && m > MTM) {
+        /* Q5_0 and Q6_K with more than one tile: expand the chunk once for all tiles (expand_q5, expand_q6) */
+        if ((type == TERN_Q5_0 || type == TERN_Q6_K) && m > MTM) {
+            const tile5fn *tx = type == TERN_Q5_0 ? t_q5x : t_q6x;
             __m256i xq[2 * KCP * 8] __attribute__((aligned(32)));
             const int64_t nt = (m + MTM - 1) / MTM;
             for (int64_t kb = 0; kb < nab; kb += KCP) {
                 const int nbk = nab - kb < KCP ? (int)(nab - kb) : KCP;
                 const uint8_t *cw = pw + (size_t)kb * wb;
-                expand_q5(cw, nbk, xq, nab <= KCP);
+                if (type == TERN_Q5_0) expand_q5(cw, nbk, xq, nab <= KCP);
+                else expand_q6(cw, nbk, xq, nab <= KCP);
                 for (int64_t ti = 0, i = 0; ti < nt; ti++) {
                     const int mt = (int)((m - i) / (nt - ti));
                     for (int h = 0; h < (nr > 8 ? 2 : 1); h++)
-                        t_q5x[mt - 1](xq, ps + (size_t)kb * sb, h, nbk, a + i * nab + kb, nab, o + i * ldo, ldo, nv + h, kb == 0);
+                        tx[mt - 1](xq, ps + (size_t)kb * sb, h, nbk, a + i * nab + kb, nab, o + i * ldo, ldo, nv + h, kb == 0);
                     i += mt;
                 }
             }
