@@ -272,48 +272,63 @@ INL void tilek(const int type, const int MT, const int NH, const uint8_t *pw, co
         acc_store(out + t * ldo + 8 * (h0 + h), nv[h], acc[h][t]);
 }
 
+/* Q6_K block k (of 4) of half hh: the signed values u - 32 of the low (l) and high (u) 16 values, from the nibble
+   vector and the high-pair vector (shared by tile6 and expand_q6) */
+INL void q6_values(const uint8_t *bw, int hh, int k, __m256i *l, __m256i *u) {
+    const __m256i lo4 = _mm256_set1_epi8(0x0f), m3 = _mm256_set1_epi8(3), mc = _mm256_set1_epi8(0x0c), b32 = _mm256_set1_epi8(32);
+    __m256i H = _mm256_load_si256((const __m256i *)(bw + 256 + 64 * (k / 2) + 32 * hh));
+    if (k & 1) H = _mm256_srli_epi16(H, 4);
+    const __m256i v = _mm256_load_si256((const __m256i *)(bw + 64 * k + 32 * hh));
+    *l = _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(v, lo4), _mm256_slli_epi16(_mm256_and_si256(H, m3), 4)), b32);
+    *u = _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), lo4),
+                                         _mm256_slli_epi16(_mm256_and_si256(H, mc), 2)), b32);
+}
+
+/* the products of block k's values with MT activation rows, into the int16 sums i0 (low 16) and i1 (high 16) */
+INL void q6_products(const int MT, int k, __m256i l, __m256i u, const tern_q8_block *ab, int64_t astride, __m256i *i0,
+                     __m256i *i1) {
+    const __m256i al = _mm256_sign_epi8(l, l), au = _mm256_sign_epi8(u, u);
+    UNROLL for (int t = 0; t < MT; t++) {
+        __m256i x0 = _mm256_maddubs_epi16(al, _mm256_sign_epi8(bcast(ab + t * astride, k), l));
+        __m256i x1 = _mm256_maddubs_epi16(au, _mm256_sign_epi8(bcast(ab + t * astride, k + 4), u));
+        i0[t] = k ? _mm256_add_epi16(i0[t], x0) : x0;
+        i1[t] = k ? _mm256_add_epi16(i1[t], x1) : x1;
+    }
+}
+
+/* a block's sums into the accumulators: each half's scale d times its 16-value scales, times the activation scale */
+INL void q6_block_end(const int MT, const uint8_t *bs, int jb, int hh, const __m256i *i0, const __m256i *i1,
+                      const tern_q8_block *ab, int64_t astride, __m256 *acc) {
+    const __m256i one = _mm256_set1_epi16(1);
+    __m256 d = halves8(bs, hh);
+    __m256 d0 = _mm256_mul_ps(d, s8x8(bs + 32 + 32 * jb + 8 * hh)), d1 = _mm256_mul_ps(d, s8x8(bs + 48 + 32 * jb + 8 * hh));
+    UNROLL for (int t = 0; t < MT; t++) {
+        __m256 f0 = _mm256_cvtepi32_ps(_mm256_madd_epi16(i0[t], one));
+        __m256 f1 = _mm256_cvtepi32_ps(_mm256_madd_epi16(i1[t], one));
+        __m256 f = _mm256_fmadd_ps(f0, d0, _mm256_mul_ps(f1, d1));
+        acc[t] = _mm256_fmadd_ps(f, _mm256_set1_ps((ab + t * astride)->d), acc[t]);
+    }
+}
+
 /* Q6_K: 6-bit u from a nibble vector and a high-pair vector, made signed (u - 32) so the offset needs no
    activation sums: |u - 32| x (a signed like u - 32) keeps a pair within 2 x 32 x 127, so the 4 groups of a
    16-value half (one Q6_K scale each) share one int16 sum. */
 INL void tile6(const int MT, const int NH, const uint8_t *pw, const uint8_t *ps, int h0, int nbk,
                const tern_q8_block *a, int64_t astride, float *out, int64_t ldo, const int *nv, int first, int pf) {
-    const __m256i lo4 = _mm256_set1_epi8(0x0f), m3 = _mm256_set1_epi8(3), mc = _mm256_set1_epi8(0x0c);
-    const __m256i one = _mm256_set1_epi16(1), b32 = _mm256_set1_epi8(32);
     __m256 acc[2][MTM];
     UNROLL for (int h = 0; h < NH; h++) UNROLL for (int t = 0; t < MT; t++)
         acc[h][t] = first ? _mm256_setzero_ps() : acc_load(out + t * ldo + 8 * (h0 + h), nv[h]);
     for (int b = 0; b < nbk; b++) {
         const uint8_t *bw = pw + (size_t)b * 384, *bs = ps + (size_t)(b / 8) * 288;
-        const int jb = b % 8;
         if (pf) for (int k = 0; k < 6; k++) _mm_prefetch((const char *)(bw + PFD + 64 * k), _MM_HINT_T0);
         UNROLL for (int h = 0; h < NH; h++) {
-            const int hh = h0 + h;
             __m256i i0[MTM], i1[MTM];
             UNROLL for (int k = 0; k < 4; k++) {
-                __m256i H = _mm256_load_si256((const __m256i *)(bw + 256 + 64 * (k / 2) + 32 * hh));
-                if (k & 1) H = _mm256_srli_epi16(H, 4);
-                const __m256i v = _mm256_load_si256((const __m256i *)(bw + 64 * k + 32 * hh));
-                const __m256i l = _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(v, lo4),
-                                                                  _mm256_slli_epi16(_mm256_and_si256(H, m3), 4)), b32);
-                const __m256i u = _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), lo4),
-                                                                  _mm256_slli_epi16(_mm256_and_si256(H, mc), 2)), b32);
-                const __m256i al = _mm256_sign_epi8(l, l), au = _mm256_sign_epi8(u, u);
-                UNROLL for (int t = 0; t < MT; t++) {
-                    const tern_q8_block *ab = a + t * astride + b;
-                    __m256i x0 = _mm256_maddubs_epi16(al, _mm256_sign_epi8(bcast(ab, k), l));
-                    __m256i x1 = _mm256_maddubs_epi16(au, _mm256_sign_epi8(bcast(ab, k + 4), u));
-                    i0[t] = k ? _mm256_add_epi16(i0[t], x0) : x0;
-                    i1[t] = k ? _mm256_add_epi16(i1[t], x1) : x1;
-                }
+                __m256i l, u;
+                q6_values(bw, h0 + h, k, &l, &u);
+                q6_products(MT, k, l, u, a + b, astride, i0, i1);
             }
-            __m256 d = halves8(bs, hh);
-            __m256 d0 = _mm256_mul_ps(d, s8x8(bs + 32 + 32 * jb + 8 * hh)), d1 = _mm256_mul_ps(d, s8x8(bs + 48 + 32 * jb + 8 * hh));
-            UNROLL for (int t = 0; t < MT; t++) {
-                __m256 f0 = _mm256_cvtepi32_ps(_mm256_madd_epi16(i0[t], one));
-                __m256 f1 = _mm256_cvtepi32_ps(_mm256_madd_epi16(i1[t], one));
-                __m256 f = _mm256_fmadd_ps(f0, d0, _mm256_mul_ps(f1, d1));
-                acc[h][t] = _mm256_fmadd_ps(f, _mm256_set1_ps((a + t * astride + b)->d), acc[h][t]);
-            }
+            q6_block_end(MT, bs, b % 8, h0 + h, i0, i1, a + b, astride, acc[h]);
         }
     }
     UNROLL for (int h = 0; h < NH; h++) UNROLL for (int t = 0; t < MT; t++)
@@ -325,52 +340,27 @@ INL void tile6(const int MT, const int NH, const uint8_t *pw, const uint8_t *ps,
    x[half][block][k][low 16 values, high 16 values]; the tiles take their absolute values and signs as tile6 does,
    so the products, the integer sums and the float chain are tile6's. */
 INL void expand_q6(const uint8_t *pw, int nbk, __m256i *x, int pf) {
-    const __m256i lo4 = _mm256_set1_epi8(0x0f), m3 = _mm256_set1_epi8(3), mc = _mm256_set1_epi8(0x0c), b32 = _mm256_set1_epi8(32);
     for (int b = 0; b < nbk; b++) {
         const uint8_t *bw = pw + (size_t)b * 384;
         if (pf) for (int k = 0; k < 6; k++) _mm_prefetch((const char *)(bw + PFD + 64 * k), _MM_HINT_T0);
         UNROLL for (int h = 0; h < 2; h++) UNROLL for (int k = 0; k < 4; k++) {
-            __m256i H = _mm256_load_si256((const __m256i *)(bw + 256 + 64 * (k / 2) + 32 * h));
-            if (k & 1) H = _mm256_srli_epi16(H, 4);
-            const __m256i v = _mm256_load_si256((const __m256i *)(bw + 64 * k + 32 * h));
             __m256i *d = x + ((size_t)(h * nbk + b) * 4 + k) * 2;
-            _mm256_store_si256(d, _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(v, lo4),
-                                                                  _mm256_slli_epi16(_mm256_and_si256(H, m3), 4)), b32));
-            _mm256_store_si256(d + 1, _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), lo4),
-                                                                      _mm256_slli_epi16(_mm256_and_si256(H, mc), 2)), b32));
+            q6_values(bw, h, k, d, d + 1);
         }
     }
 }
 
 INL void tile6x(const int MT, const __m256i *x, const uint8_t *ps, int h0, int nbk, const tern_q8_block *a,
                 int64_t astride, float *out, int64_t ldo, const int *nv, int first) {
-    const __m256i one = _mm256_set1_epi16(1);
     __m256 acc[MTM];
     UNROLL for (int t = 0; t < MT; t++) acc[t] = first ? _mm256_setzero_ps() : acc_load(out + t * ldo + 8 * h0, nv[0]);
     const __m256i *xh = x + (size_t)h0 * nbk * 8;
     for (int b = 0; b < nbk; b++) {
-        const uint8_t *bs = ps + (size_t)(b / 8) * 288;
-        const int jb = b % 8;
         __m256i i0[MTM], i1[MTM];
-        UNROLL for (int k = 0; k < 4; k++) {
-            const __m256i l = _mm256_load_si256(xh + (size_t)b * 8 + 2 * k), u = _mm256_load_si256(xh + (size_t)b * 8 + 2 * k + 1);
-            const __m256i al = _mm256_sign_epi8(l, l), au = _mm256_sign_epi8(u, u);
-            UNROLL for (int t = 0; t < MT; t++) {
-                const tern_q8_block *ab = a + t * astride + b;
-                __m256i x0 = _mm256_maddubs_epi16(al, _mm256_sign_epi8(bcast(ab, k), l));
-                __m256i x1 = _mm256_maddubs_epi16(au, _mm256_sign_epi8(bcast(ab, k + 4), u));
-                i0[t] = k ? _mm256_add_epi16(i0[t], x0) : x0;
-                i1[t] = k ? _mm256_add_epi16(i1[t], x1) : x1;
-            }
-        }
-        __m256 d = halves8(bs, h0);
-        __m256 d0 = _mm256_mul_ps(d, s8x8(bs + 32 + 32 * jb + 8 * h0)), d1 = _mm256_mul_ps(d, s8x8(bs + 48 + 32 * jb + 8 * h0));
-        UNROLL for (int t = 0; t < MT; t++) {
-            __m256 f0 = _mm256_cvtepi32_ps(_mm256_madd_epi16(i0[t], one));
-            __m256 f1 = _mm256_cvtepi32_ps(_mm256_madd_epi16(i1[t], one));
-            __m256 f = _mm256_fmadd_ps(f0, d0, _mm256_mul_ps(f1, d1));
-            acc[t] = _mm256_fmadd_ps(f, _mm256_set1_ps((a + t * astride + b)->d), acc[t]);
-        }
+        UNROLL for (int k = 0; k < 4; k++)
+            q6_products(MT, k, _mm256_load_si256(xh + (size_t)b * 8 + 2 * k), _mm256_load_si256(xh + (size_t)b * 8 + 2 * k + 1),
+                        a + b, astride, i0, i1);
+        q6_block_end(MT, ps + (size_t)(b / 8) * 288, b % 8, h0, i0, i1, a + b, astride, acc);
     }
     UNROLL for (int t = 0; t < MT; t++) acc_store(out + t * ldo + 8 * h0, nv[0], acc[t]);
 }
