@@ -168,7 +168,7 @@ INL void tile8(const int MT, const uint8_t *pw, const uint8_t *ps, int h0, int n
     UNROLL for (int t = 0; t < MT; t++) acc_store(out + t * ldo + 8 * h0, nv[0], acc[t]);
 }
 
-/* Q5_0 with the weights expanded once per panel chunk instead of once per activation tile: the nibbles with
+/* Q5_0 and Q5_1 with the weights expanded once per panel chunk instead of once per activation tile: the nibbles with
    their fifth bits or'ed in (tile32's q5 preparation: a mask, a shift, two bit expansions of five operations
    each) go to an L1 buffer, x[half][block][k][l, u], that every tile of a prompt pass or a batched step then
    loads as it is. The vectors, the integer sums and the float chain are tile32's, so the results are the same
@@ -188,7 +188,7 @@ INL void expand_q5(const uint8_t *pw, int nbk, __m256i *x, int pf) {
     }
 }
 
-INL void tile5x(const int MT, const __m256i *x, const uint8_t *ps, int h0, int nbk, const tern_q8_block *a,
+INL void tile5x(const int hasm, const int MT, const __m256i *x, const uint8_t *ps, int h0, int nbk, const tern_q8_block *a,
                 int64_t astride, float *out, int64_t ldo, const int *nv, int first) {
     const __m256i one = _mm256_set1_epi16(1);
     __m256 acc[MTM];
@@ -206,7 +206,8 @@ INL void tile5x(const int MT, const __m256i *x, const uint8_t *ps, int h0, int n
                 if (k == 3) s[t] = _mm256_add_epi32(s[t], _mm256_madd_epi16(s16[t], one));
             }
         }
-        __m256 d = halves8(ps + (size_t)b * 32, h0), o = _mm256_mul_ps(d, _mm256_set1_ps(-16.0f));
+        const uint8_t *bs = ps + (size_t)b * (hasm ? 64 : 32);
+        __m256 d = halves8(bs, h0), o = hasm ? halves8(bs + 32, h0) : _mm256_mul_ps(d, _mm256_set1_ps(-16.0f));
         UNROLL for (int t = 0; t < MT; t++) {
             const tern_q8_block *ab = a + t * astride + b;
             acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[t]), _mm256_mul_ps(d, _mm256_set1_ps(ab->d)), acc[t]);
@@ -389,10 +390,13 @@ T8(1) T8(2) T8(3) T8(4) T8(5)
 static const tile8fn t_q8s[MTM] = {t_q8s_1, t_q8s_2, t_q8s_3, t_q8s_4, t_q8s_5};
 typedef void (*tile5fn)(const __m256i *, const uint8_t *, int, int, const tern_q8_block *, int64_t, float *, int64_t,
                         const int *, int);
-#define T5(MT) TGT static void t_q5x_##MT(const __m256i *x, const uint8_t *ps, int h0, int nbk, const tern_q8_block *a, \
-        int64_t as, float *out, int64_t ldo, const int *nv, int first) { tile5x(MT, x, ps, h0, nbk, a, as, out, ldo, nv, first); }
-T5(1) T5(2) T5(3) T5(4) T5(5)
+#define T5(NAME, HASM, MT) TGT static void NAME##_##MT(const __m256i *x, const uint8_t *ps, int h0, int nbk, \
+        const tern_q8_block *a, int64_t as, float *out, int64_t ldo, const int *nv, int first) { \
+        tile5x(HASM, MT, x, ps, h0, nbk, a, as, out, ldo, nv, first); }
+T5(t_q5x, 0, 1) T5(t_q5x, 0, 2) T5(t_q5x, 0, 3) T5(t_q5x, 0, 4) T5(t_q5x, 0, 5)
+T5(t_q51x, 1, 1) T5(t_q51x, 1, 2) T5(t_q51x, 1, 3) T5(t_q51x, 1, 4) T5(t_q51x, 1, 5)
 static const tile5fn t_q5x[MTM] = {t_q5x_1, t_q5x_2, t_q5x_3, t_q5x_4, t_q5x_5};
+static const tile5fn t_q51x[MTM] = {t_q51x_1, t_q51x_2, t_q51x_3, t_q51x_4, t_q51x_5};
 #define T6X(MT) TGT static void t_q6x_##MT(const __m256i *x, const uint8_t *ps, int h0, int nbk, const tern_q8_block *a, \
         int64_t as, float *out, int64_t ldo, const int *nv, int first) { tile6x(MT, x, ps, h0, nbk, a, as, out, ldo, nv, first); }
 T6X(1) T6X(2) T6X(3) T6X(4) T6X(5)
@@ -463,15 +467,15 @@ TGT int tern_avx2_matmul_packed(int type, const void *packed, int64_t rows, int6
             else fns[0][m - 1](pw, ps, 0, (int)nab, a, nab, o, ldo, nv, 1, 1);
             continue;
         }
-        /* Q5_0 and Q6_K with more than one tile: expand the chunk once for all tiles (expand_q5, expand_q6) */
-        if ((type == TERN_Q5_0 || type == TERN_Q6_K) && m > MTM) {
-            const tile5fn *tx = type == TERN_Q5_0 ? t_q5x : t_q6x;
+        /* Q5_0, Q5_1 and Q6_K with more than one tile: expand the chunk once for all tiles (expand_q5, expand_q6) */
+        if ((type == TERN_Q5_0 || type == TERN_Q5_1 || type == TERN_Q6_K) && m > MTM) {
+            const tile5fn *tx = type == TERN_Q5_0 ? t_q5x : type == TERN_Q5_1 ? t_q51x : t_q6x;
             __m256i xq[2 * KCP * 8] __attribute__((aligned(32)));
             const int64_t nt = (m + MTM - 1) / MTM;
             for (int64_t kb = 0; kb < nab; kb += KCP) {
                 const int nbk = nab - kb < KCP ? (int)(nab - kb) : KCP;
                 const uint8_t *cw = pw + (size_t)kb * wb;
-                if (type == TERN_Q5_0) expand_q5(cw, nbk, xq, nab <= KCP);
+                if (type != TERN_Q6_K) expand_q5(cw, nbk, xq, nab <= KCP);
                 else expand_q6(cw, nbk, xq, nab <= KCP);
                 for (int64_t ti = 0, i = 0; ti < nt; ti++) {
                     const int mt = (int)((m - i) / (nt - ti));
