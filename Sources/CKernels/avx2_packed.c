@@ -52,6 +52,33 @@ INL void acc_store(float *p, int nv, __m256 v) {
     _mm256_maskstore_ps(p, mk, v);
 }
 
+/* 4/5-bit block k (of 4) of half hh: the low nibbles (values 4k..4k+3) and the high ones (4k+16..) of 8 rows,
+   with the fifth bits or'ed in for Q5_0 / Q5_1 (shared by tile32 and expand_q5) */
+INL void q45_values(const uint8_t *bw, int hh, int k, const int q5, __m256i *l, __m256i *u) {
+    const __m256i lo4 = _mm256_set1_epi8(0x0f);
+    const __m256i v = _mm256_load_si256((const __m256i *)(bw + 64 * k + 32 * hh));
+    *l = _mm256_and_si256(v, lo4);
+    *u = _mm256_and_si256(_mm256_srli_epi16(v, 4), lo4);
+    if (q5) {
+        *l = _mm256_or_si256(*l, bits16(bw + 256 + 8 * k + 4 * hh));
+        *u = _mm256_or_si256(*u, bits16(bw + 256 + 8 * (k + 4) + 4 * hh));
+    }
+}
+
+/* block k's products with MT activation rows into the int16 sums s16: 4-bit values take 8 products per sum (the
+   caller widens after k = 3); 5-bit ones (pairs up to 7874) 4, so they widen into s after every second k */
+INL void q45_products(const int MT, const int q5, int k, __m256i l, __m256i u, const tern_q8_block *ab, int64_t astride,
+                      __m256i *s16, __m256i *s) {
+    const __m256i one = _mm256_set1_epi16(1);
+    UNROLL for (int t = 0; t < MT; t++) {
+        __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(l, bcast(ab + t * astride, k)),
+                                     _mm256_maddubs_epi16(u, bcast(ab + t * astride, k + 4)));
+        s16[t] = (q5 ? k % 2 : k) ? _mm256_add_epi16(s16[t], p) : p;
+        if (q5 && k == 1) s[t] = _mm256_madd_epi16(s16[t], one);
+        if (q5 && k == 3) s[t] = _mm256_add_epi32(s[t], _mm256_madd_epi16(s16[t], one));
+    }
+}
+
 /* MT activation rows x NH halves (8 weight rows each, starting at half h0) of one panel, over blocks [0, nbk)
    of pw/ps (already offset to the first block); adds into (or, when first, stores to) out[t * ldo + 8h + lane].
    nv[h] = valid rows in half h. Q4_0 / Q4_1 / Q8_0. */
@@ -87,22 +114,11 @@ INL void tile32(const int type, const int MT, const int NH, const uint8_t *pw, c
             UNROLL for (int h = 0; h < NH; h++) UNROLL for (int t = 0; t < MT; t++)
                 s[h][t] = _mm256_add_epi32(_mm256_madd_epi16(s[h][t], one), _mm256_madd_epi16(sh[h][t], sixteen));
         } else {
-            /* 4-bit: 8 products per int16 sum; 5-bit (pairs up to 7874): 4, so widen after every second k */
             __m256i s16[2][MTM];
             UNROLL for (int k = 0; k < 4; k++) UNROLL for (int h = 0; h < NH; h++) {
-                __m256i v = _mm256_load_si256((const __m256i *)(bw + 64 * k + 32 * (h0 + h)));
-                __m256i l = _mm256_and_si256(v, lo4), u = _mm256_and_si256(_mm256_srli_epi16(v, 4), lo4);
-                if (q5) {
-                    l = _mm256_or_si256(l, bits16(bw + 256 + 8 * k + 4 * (h0 + h)));
-                    u = _mm256_or_si256(u, bits16(bw + 256 + 8 * (k + 4) + 4 * (h0 + h)));
-                }
-                UNROLL for (int t = 0; t < MT; t++) {
-                    const tern_q8_block *ab = a + t * astride + b;
-                    __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(l, bcast(ab, k)), _mm256_maddubs_epi16(u, bcast(ab, k + 4)));
-                    s16[h][t] = (q5 ? k % 2 : k) ? _mm256_add_epi16(s16[h][t], p) : p;
-                    if (q5 && k == 1) s[h][t] = _mm256_madd_epi16(s16[h][t], one);
-                    if (q5 && k == 3) s[h][t] = _mm256_add_epi32(s[h][t], _mm256_madd_epi16(s16[h][t], one));
-                }
+                __m256i l, u;
+                q45_values(bw, h0 + h, k, q5, &l, &u);
+                q45_products(MT, q5, k, l, u, a + b, astride, s16[h], s[h]);
             }
             if (!q5) UNROLL for (int h = 0; h < NH; h++) UNROLL for (int t = 0; t < MT; t++) s[h][t] = _mm256_madd_epi16(s16[h][t], one);
         }
@@ -174,47 +190,14 @@ INL void tile8(const int MT, const uint8_t *pw, const uint8_t *ps, int h0, int n
    loads as it is. The vectors, the integer sums and the float chain are tile32's, so the results are the same
    bits; only the preparation is shared by all tiles of the chunk. */
 INL void expand_q5(const uint8_t *pw, int nbk, __m256i *x, int pf) {
-    const __m256i lo4 = _mm256_set1_epi8(0x0f);
     for (int b = 0; b < nbk; b++) {
         const uint8_t *bw = pw + (size_t)b * 320;
         if (pf) for (int k = 0; k < 5; k++) _mm_prefetch((const char *)(bw + PFD + 64 * k), _MM_HINT_T0);
         UNROLL for (int h = 0; h < 2; h++) UNROLL for (int k = 0; k < 4; k++) {
-            __m256i v = _mm256_load_si256((const __m256i *)(bw + 64 * k + 32 * h));
             __m256i *d = x + ((size_t)(h * nbk + b) * 4 + k) * 2;
-            _mm256_store_si256(d, _mm256_or_si256(_mm256_and_si256(v, lo4), bits16(bw + 256 + 8 * k + 4 * h)));
-            _mm256_store_si256(d + 1, _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), lo4),
-                                                      bits16(bw + 256 + 8 * (k + 4) + 4 * h)));
+            q45_values(bw, h, k, 1, d, d + 1);
         }
     }
-}
-
-INL void tile5x(const int hasm, const int MT, const __m256i *x, const uint8_t *ps, int h0, int nbk, const tern_q8_block *a,
-                int64_t astride, float *out, int64_t ldo, const int *nv, int first) {
-    const __m256i one = _mm256_set1_epi16(1);
-    __m256 acc[MTM];
-    UNROLL for (int t = 0; t < MT; t++) acc[t] = first ? _mm256_setzero_ps() : acc_load(out + t * ldo + 8 * h0, nv[0]);
-    const __m256i *xh = x + (size_t)h0 * nbk * 8;
-    for (int b = 0; b < nbk; b++) {
-        __m256i s[MTM], s16[MTM];
-        UNROLL for (int k = 0; k < 4; k++) {
-            const __m256i l = _mm256_load_si256(xh + (size_t)b * 8 + 2 * k), u = _mm256_load_si256(xh + (size_t)b * 8 + 2 * k + 1);
-            UNROLL for (int t = 0; t < MT; t++) {
-                const tern_q8_block *ab = a + t * astride + b;
-                __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(l, bcast(ab, k)), _mm256_maddubs_epi16(u, bcast(ab, k + 4)));
-                s16[t] = k % 2 ? _mm256_add_epi16(s16[t], p) : p;
-                if (k == 1) s[t] = _mm256_madd_epi16(s16[t], one);
-                if (k == 3) s[t] = _mm256_add_epi32(s[t], _mm256_madd_epi16(s16[t], one));
-            }
-        }
-        const uint8_t *bs = ps + (size_t)b * (hasm ? 64 : 32);
-        __m256 d = halves8(bs, h0), o = hasm ? halves8(bs + 32, h0) : _mm256_mul_ps(d, _mm256_set1_ps(-16.0f));
-        UNROLL for (int t = 0; t < MT; t++) {
-            const tern_q8_block *ab = a + t * astride + b;
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[t]), _mm256_mul_ps(d, _mm256_set1_ps(ab->d)), acc[t]);
-            acc[t] = _mm256_fmadd_ps(o, _mm256_set1_ps(ab->s), acc[t]);
-        }
-    }
-    UNROLL for (int t = 0; t < MT; t++) acc_store(out + t * ldo + 8 * h0, nv[0], acc[t]);
 }
 
 /* Q4_K: as tile32 per sub-block j (one nibble of pair j / 2's 8 vectors), d' = d * scale_j, o = -dmin * min_j.
@@ -336,7 +319,7 @@ INL void tile6(const int MT, const int NH, const uint8_t *pw, const uint8_t *ps,
         acc_store(out + t * ldo + 8 * (h0 + h), nv[h], acc[h][t]);
 }
 
-/* Q6_K with more than one activation tile: as expand_q5 / tile5x, the signed 6-bit values u - 32 of a chunk are
+/* Q6_K with more than one activation tile: as expand_q5, the signed 6-bit values u - 32 of a chunk are
    made once (tile6's per-tile preparation: two loads, eleven shifts, masks and ors, two subtractions) into
    x[half][block][k][low 16 values, high 16 values]; the tiles take their absolute values and signs as tile6 does,
    so the products, the integer sums and the float chain are tile6's. */
@@ -351,17 +334,32 @@ INL void expand_q6(const uint8_t *pw, int nbk, __m256i *x, int pf) {
     }
 }
 
-INL void tile6x(const int MT, const __m256i *x, const uint8_t *ps, int h0, int nbk, const tern_q8_block *a,
-                int64_t astride, float *out, int64_t ldo, const int *nv, int first) {
+/* The activation tiles over an expanded chunk (expand_q5 for Q5_0 / Q5_1, expand_q6 for Q6_K): tile32's and tile6's
+   products, integer sums and float chains, with the weight vectors loaded ready from x */
+INL void tilex(const int type, const int MT, const __m256i *x, const uint8_t *ps, int h0, int nbk,
+               const tern_q8_block *a, int64_t astride, float *out, int64_t ldo, const int *nv, int first) {
     __m256 acc[MTM];
     UNROLL for (int t = 0; t < MT; t++) acc[t] = first ? _mm256_setzero_ps() : acc_load(out + t * ldo + 8 * h0, nv[0]);
     const __m256i *xh = x + (size_t)h0 * nbk * 8;
     for (int b = 0; b < nbk; b++) {
-        __m256i i0[MTM], i1[MTM];
-        UNROLL for (int k = 0; k < 4; k++)
-            q6_products(MT, k, _mm256_load_si256(xh + (size_t)b * 8 + 2 * k), _mm256_load_si256(xh + (size_t)b * 8 + 2 * k + 1),
-                        a + b, astride, i0, i1);
-        q6_block_end(MT, ps + (size_t)(b / 8) * 288, b % 8, h0, i0, i1, a + b, astride, acc);
+        /* Q6_K: the low and high 16 values' int16 sums; Q5: the int16 sums and their widened int32 ones */
+        __m256i p0[MTM], p1[MTM];
+        UNROLL for (int k = 0; k < 4; k++) {
+            const __m256i l = _mm256_load_si256(xh + (size_t)b * 8 + 2 * k), u = _mm256_load_si256(xh + (size_t)b * 8 + 2 * k + 1);
+            if (type == TERN_Q6_K) q6_products(MT, k, l, u, a + b, astride, p0, p1);
+            else q45_products(MT, 1, k, l, u, a + b, astride, p0, p1);
+        }
+        if (type == TERN_Q6_K) {
+            q6_block_end(MT, ps + (size_t)(b / 8) * 288, b % 8, h0, p0, p1, a + b, astride, acc);
+            continue;
+        }
+        const uint8_t *bs = ps + (size_t)b * (type == TERN_Q5_1 ? 64 : 32);
+        __m256 d = halves8(bs, h0), o = type == TERN_Q5_1 ? halves8(bs + 32, h0) : _mm256_mul_ps(d, _mm256_set1_ps(-16.0f));
+        UNROLL for (int t = 0; t < MT; t++) {
+            const tern_q8_block *ab = a + t * astride + b;
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1[t]), _mm256_mul_ps(d, _mm256_set1_ps(ab->d)), acc[t]);
+            acc[t] = _mm256_fmadd_ps(o, _mm256_set1_ps(ab->s), acc[t]);
+        }
     }
     UNROLL for (int t = 0; t < MT; t++) acc_store(out + t * ldo + 8 * h0, nv[0], acc[t]);
 }
@@ -388,19 +386,16 @@ typedef void (*tile8fn)(const uint8_t *, const uint8_t *, int, int, const q8_spl
         tile8(MT, pw, ps, h0, nbk, x, xs, a, as, out, ldo, nv, first, pf); }
 T8(1) T8(2) T8(3) T8(4) T8(5)
 static const tile8fn t_q8s[MTM] = {t_q8s_1, t_q8s_2, t_q8s_3, t_q8s_4, t_q8s_5};
-typedef void (*tile5fn)(const __m256i *, const uint8_t *, int, int, const tern_q8_block *, int64_t, float *, int64_t,
+typedef void (*tilexfn)(const __m256i *, const uint8_t *, int, int, const tern_q8_block *, int64_t, float *, int64_t,
                         const int *, int);
-#define T5(NAME, HASM, MT) TGT static void NAME##_##MT(const __m256i *x, const uint8_t *ps, int h0, int nbk, \
+#define TX(NAME, TYPE, MT) TGT static void NAME##_##MT(const __m256i *x, const uint8_t *ps, int h0, int nbk, \
         const tern_q8_block *a, int64_t as, float *out, int64_t ldo, const int *nv, int first) { \
-        tile5x(HASM, MT, x, ps, h0, nbk, a, as, out, ldo, nv, first); }
-T5(t_q5x, 0, 1) T5(t_q5x, 0, 2) T5(t_q5x, 0, 3) T5(t_q5x, 0, 4) T5(t_q5x, 0, 5)
-T5(t_q51x, 1, 1) T5(t_q51x, 1, 2) T5(t_q51x, 1, 3) T5(t_q51x, 1, 4) T5(t_q51x, 1, 5)
-static const tile5fn t_q5x[MTM] = {t_q5x_1, t_q5x_2, t_q5x_3, t_q5x_4, t_q5x_5};
-static const tile5fn t_q51x[MTM] = {t_q51x_1, t_q51x_2, t_q51x_3, t_q51x_4, t_q51x_5};
-#define T6X(MT) TGT static void t_q6x_##MT(const __m256i *x, const uint8_t *ps, int h0, int nbk, const tern_q8_block *a, \
-        int64_t as, float *out, int64_t ldo, const int *nv, int first) { tile6x(MT, x, ps, h0, nbk, a, as, out, ldo, nv, first); }
-T6X(1) T6X(2) T6X(3) T6X(4) T6X(5)
-static const tile5fn t_q6x[MTM] = {t_q6x_1, t_q6x_2, t_q6x_3, t_q6x_4, t_q6x_5};
+        tilex(TYPE, MT, x, ps, h0, nbk, a, as, out, ldo, nv, first); }
+#define TXSET(NAME, TYPE) TX(NAME, TYPE, 1) TX(NAME, TYPE, 2) TX(NAME, TYPE, 3) TX(NAME, TYPE, 4) TX(NAME, TYPE, 5) \
+        static const tilexfn NAME[MTM] = {NAME##_1, NAME##_2, NAME##_3, NAME##_4, NAME##_5};
+TXSET(t_q5x, TERN_Q5_0)
+TXSET(t_q51x, TERN_Q5_1)
+TXSET(t_q6x, TERN_Q6_K)
 SET(t_q4_0, T32, TERN_Q4_0)
 SET(t_q4_1, T32, TERN_Q4_1)
 SET(t_q8_0, T32, TERN_Q8_0)
@@ -469,7 +464,7 @@ TGT int tern_avx2_matmul_packed(int type, const void *packed, int64_t rows, int6
         }
         /* Q5_0, Q5_1 and Q6_K with more than one tile: expand the chunk once for all tiles (expand_q5, expand_q6) */
         if ((type == TERN_Q5_0 || type == TERN_Q5_1 || type == TERN_Q6_K) && m > MTM) {
-            const tile5fn *tx = type == TERN_Q5_0 ? t_q5x : type == TERN_Q5_1 ? t_q51x : t_q6x;
+            const tilexfn *tx = type == TERN_Q5_0 ? t_q5x : type == TERN_Q5_1 ? t_q51x : t_q6x;
             __m256i xq[2 * KCP * 8] __attribute__((aligned(32)));
             const int64_t nt = (m + MTM - 1) / MTM;
             for (int64_t kb = 0; kb < nab; kb += KCP) {
