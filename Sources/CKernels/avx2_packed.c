@@ -189,10 +189,10 @@ INL void tile8(const int MT, const uint8_t *pw, const uint8_t *ps, int h0, int n
    each) go to an L1 buffer, x[half][block][k][l, u], that every tile of a prompt pass or a batched step then
    loads as it is. The vectors, the integer sums and the float chain are tile32's, so the results are the same
    bits; only the preparation is shared by all tiles of the chunk. */
-INL void expand_q5(const uint8_t *pw, int nbk, __m256i *x, int pf) {
+INL void expand_q5(const uint8_t *pw, int nbk, __m256i *x) {
     for (int b = 0; b < nbk; b++) {
         const uint8_t *bw = pw + (size_t)b * 320;
-        if (pf) for (int k = 0; k < 5; k++) _mm_prefetch((const char *)(bw + PFD + 64 * k), _MM_HINT_T0);
+        for (int k = 0; k < 5; k++) _mm_prefetch((const char *)(bw + PFD + 64 * k), _MM_HINT_T0);
         UNROLL for (int h = 0; h < 2; h++) UNROLL for (int k = 0; k < 4; k++) {
             __m256i *d = x + ((size_t)(h * nbk + b) * 4 + k) * 2;
             q45_values(bw, h, k, 1, d, d + 1);
@@ -323,10 +323,10 @@ INL void tile6(const int MT, const int NH, const uint8_t *pw, const uint8_t *ps,
    made once (tile6's per-tile preparation: two loads, eleven shifts, masks and ors, two subtractions) into
    x[half][block][k][low 16 values, high 16 values]; the tiles take their absolute values and signs as tile6 does,
    so the products, the integer sums and the float chain are tile6's. */
-INL void expand_q6(const uint8_t *pw, int nbk, __m256i *x, int pf) {
+INL void expand_q6(const uint8_t *pw, int nbk, __m256i *x) {
     for (int b = 0; b < nbk; b++) {
         const uint8_t *bw = pw + (size_t)b * 384;
-        if (pf) for (int k = 0; k < 6; k++) _mm_prefetch((const char *)(bw + PFD + 64 * k), _MM_HINT_T0);
+        for (int k = 0; k < 6; k++) _mm_prefetch((const char *)(bw + PFD + 64 * k), _MM_HINT_T0);
         UNROLL for (int h = 0; h < 2; h++) UNROLL for (int k = 0; k < 4; k++) {
             __m256i *d = x + ((size_t)(h * nbk + b) * 4 + k) * 2;
             q6_values(bw, h, k, d, d + 1);
@@ -470,8 +470,10 @@ TGT int tern_avx2_matmul_packed(int type, const void *packed, int64_t rows, int6
             for (int64_t kb = 0; kb < nab; kb += KCP) {
                 const int nbk = nab - kb < KCP ? (int)(nab - kb) : KCP;
                 const uint8_t *cw = pw + (size_t)kb * wb;
-                if (type != TERN_Q6_K) expand_q5(cw, nbk, xq, nab <= KCP);
-                else expand_q6(cw, nbk, xq, nab <= KCP);
+                /* panels, and the chunks of a panel, are read in memory order here (the Q8_0 split path above goes
+                   chunk by chunk across panels), so the linear look-ahead always fetches what comes next */
+                if (type != TERN_Q6_K) expand_q5(cw, nbk, xq);
+                else expand_q6(cw, nbk, xq);
                 for (int64_t ti = 0, i = 0; ti < nt; ti++) {
                     const int mt = (int)((m - i) / (nt - ti));
                     for (int h = 0; h < (nr > 8 ? 2 : 1); h++)
